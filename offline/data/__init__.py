@@ -1,0 +1,28 @@
+"""Dataset loaders. Each knows its files' canonical homes and content hashes (see ``store.py``).
+
+``load_tabular(name, store)`` returns a ``TabularData``; image loaders live beside it.
+New datasets register a loader in ``TABULAR_LOADERS`` (lazy imports keep start-up light).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from offline.data.store import DataError, DataStore, RemoteFile
+from offline.data.tabular import TabularData
+
+TABULAR_LOADERS: dict[str, str] = {
+    "creditcard": "offline.data.creditcard:load_creditcard",
+}
+
+
+def load_tabular(name: str, store: DataStore) -> TabularData:
+    try:
+        target = TABULAR_LOADERS[name]
+    except KeyError:
+        raise KeyError(f"unknown tabular dataset {name!r}; known: {', '.join(sorted(TABULAR_LOADERS))}") from None
+    module, func = target.split(":")
+    return getattr(import_module(module), func)(store)
+
+
+__all__ = ["DataError", "DataStore", "RemoteFile", "TabularData", "TABULAR_LOADERS", "load_tabular"]

@@ -1,0 +1,30 @@
+"""Detector registry: names -> classes, imported lazily so that the CLI, the benchmark and the
+worker never special-case a model and never pay for imports they do not use."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from offline.detectors.base import Detector
+
+REGISTRY: dict[str, str] = {
+    "ae": "offline.detectors.reconstruction:AutoencoderDetector",
+    "vae": "offline.detectors.reconstruction:VAEDetector",
+    "iforest": "offline.detectors.baselines:IsolationForestDetector",
+    "hst": "offline.detectors.baselines:HalfSpaceTreesDetector",
+}
+
+
+def detector_class(name: str) -> type[Detector]:
+    try:
+        module, cls = REGISTRY[name].split(":")
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    return getattr(import_module(module), cls)
+
+
+def make_detector(name: str, **params) -> Detector:
+    return detector_class(name)(**params)
+
+
+__all__ = ["Detector", "REGISTRY", "detector_class", "make_detector"]
