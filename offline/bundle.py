@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from offline.detectors import Detector, detector_class
@@ -162,7 +162,7 @@ def load_bundle(directory: Path) -> Bundle:
     try:
         tensors = load_file(str(weights))
         detector = detector_class(name).from_state(params, tensors, n_features=schema.n_features)
-    except (SafetensorsError, KeyError, RuntimeError, TypeError, NotImplementedError) as exc:
+    except (SafetensorError, KeyError, RuntimeError, TypeError, NotImplementedError) as exc:
         raise BundleError(f"{weights}: cannot build model {name!r} from it ({exc})") from exc
     return Bundle(path=directory, manifest=manifest, detector=detector, schema=schema, calibration_scores=calibration)
 

@@ -1,0 +1,35 @@
+"""Hyperparameter presets per model and dataset.
+
+``quick`` runs in seconds (tests, smoke runs); ``full`` is the benchmark setting. Both go
+through the same code path; only these numbers differ.
+"""
+
+from __future__ import annotations
+
+QUICK_MAX_TRAIN_ROWS = 20_000
+
+_QUICK: dict[str, dict] = {
+    "ae": {"epochs": 2},
+    "vae": {"epochs": 2},
+    "iforest": {"n_estimators": 50},
+    "hst": {"n_trees": 10, "height": 8, "window_size": 100},
+}
+
+# Tuned on the calibration split only (never on test labels); see benchmarks/README.md.
+_FULL: dict[tuple[str, str], dict] = {
+    ("vae", "creditcard"): {"epochs": 40, "patience": 8},
+    ("ae", "creditcard"): {"epochs": 40, "patience": 8},
+}
+_FULL_DEFAULT: dict[str, dict] = {"ae": {"epochs": 30}, "vae": {"epochs": 30}}
+
+
+def preset_params(model: str, dataset: str, preset: str) -> dict:
+    if preset == "quick":
+        return dict(_QUICK.get(model, {}))
+    if preset == "full":
+        return dict(_FULL.get((model, dataset), _FULL_DEFAULT.get(model, {})))
+    raise ValueError(f"unknown preset {preset!r}: use 'quick' or 'full'")
+
+
+def max_train_rows(preset: str) -> int | None:
+    return QUICK_MAX_TRAIN_ROWS if preset == "quick" else None
