@@ -14,6 +14,18 @@ from offline.data.tabular import TabularData
 TABULAR_LOADERS: dict[str, str] = {
     "creditcard": "offline.data.creditcard:load_creditcard",
 }
+#: every dataset's files (a tuple of RemoteFile), for ``python -m offline.data fetch``
+DATASET_FILES: dict[str, str] = {
+    "creditcard": "offline.data.creditcard:FILES",
+}
+
+
+def dataset_files(name: str) -> tuple[RemoteFile, ...]:
+    try:
+        module, attr = DATASET_FILES[name].split(":")
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASET_FILES))}") from None
+    return getattr(import_module(module), attr)
 
 
 def load_tabular(name: str, store: DataStore) -> TabularData:
@@ -25,4 +37,4 @@ def load_tabular(name: str, store: DataStore) -> TabularData:
     return getattr(import_module(module), func)(store)
 
 
-__all__ = ["DataError", "DataStore", "RemoteFile", "TabularData", "TABULAR_LOADERS", "load_tabular"]
+__all__ = ["DataError", "DataStore", "RemoteFile", "TabularData", "TABULAR_LOADERS", "DATASET_FILES", "dataset_files", "load_tabular"]

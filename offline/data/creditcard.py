@@ -18,6 +18,7 @@ CREDITCARD_CSV = RemoteFile(
     urls=("https://storage.googleapis.com/download.tensorflow.org/data/creditcard.csv",),
     homepage="https://www.kaggle.com/datasets/mlg-ulb/creditcardfraud (ULB; OpenML data set 1597)",
 )
+FILES = (CREDITCARD_CSV,)
 PCA_COLUMNS = [f"V{i}" for i in range(1, 29)]
 FEATURE_COLUMNS = PCA_COLUMNS + ["Amount"]
 EXPECTED_ROWS = 284_807

