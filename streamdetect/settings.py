@@ -20,32 +20,32 @@ class KafkaSettings(BaseModel):
         None, description="host:port[,host:port]; unset = start/reuse the embedded Tansu broker"
     )
     embedded_port: int = Field(19092, description="port of the embedded development broker")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    client_id: str = "streamdetect"
-    consumer_group: str = "streamdetect-scorers"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Kafka security protocol")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None, description="SASL mechanism")
+    sasl_username: str | None = Field(None, description="SASL user")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for TLS")
+    ssl_certfile: Path | None = Field(None, description="client certificate for mutual TLS")
+    ssl_keyfile: Path | None = Field(None, description="client key for mutual TLS")
+    client_id: str = Field("streamdetect", description="Kafka client id")
+    consumer_group: str = Field("streamdetect-scorers", description="consumer group of the batch scorers (scale out: more workers, same group)")
     session_timeout_ms: int = Field(10_000, description="group membership timeout of the batch consumer")
-    heartbeat_interval_ms: int = 1_000
+    heartbeat_interval_ms: int = Field(1_000, description="group heartbeat of the batch consumer")
     fetch_max_wait_ms: int = Field(50, description="short fetch wait keeps latency low")
 
 
 class TopicSettings(BaseModel):
-    transactions: str = "transactions"
-    access_logs: str = "access-logs"
-    sensor_readings: str = "sensor-readings"
-    alerts: str = "alerts"
-    scores: str = "scores"
-    deadletter: str = "deadletter"
-    model_control: str = "model-control"
-    feedback: str = "feedback"
-    state: str = "streamdetect-state"
+    transactions: str = Field("transactions", description="feed: card transactions (JSON events)")
+    access_logs: str = Field("access-logs", description="feed: connection/access-log records")
+    sensor_readings: str = Field("sensor-readings", description="feed: sensor readings")
+    alerts: str = Field("alerts", description="one explained record per flagged event, keyed by event id")
+    scores: str = Field("scores", description="every event's score, one record per scored batch")
+    deadletter: str = Field("deadletter", description="events that could not be scored, with raw bytes and a reason code")
+    model_control: str = Field("model-control", description="load / promote / rollback / retrain messages")
+    feedback: str = Field("feedback", description="analyst labels for alerted events")
+    state: str = Field("streamdetect-state", description="compacted checkpoints of per-partition state")
     partitions: int = Field(4, description="partitions of every topic the project creates")
-    replication_factor: int = 1
+    replication_factor: int = Field(1, description="replication of the topics the project creates")
 
 
 class DataSettings(BaseModel):
@@ -60,8 +60,8 @@ class ScoringSettings(BaseModel):
     linger_ms: int = Field(50, ge=0, description="max wait to fill a batch")
     threshold_window: int = Field(1000, ge=10, description="recent scores per key for the adaptive quantile")
     threshold_warmup: int = Field(200, ge=0, description="events per key before the key's own quantile counts")
-    top_features: int = Field(5, ge=1)
-    publish_scores: bool = True
+    top_features: int = Field(5, ge=1, description="features named in each alert")
+    publish_scores: bool = Field(True, description="publish one scores record per batch")
     checkpoint_interval_s: float = Field(1.0, ge=0, description="how often partition state is checkpointed")
     max_event_bytes: int = Field(64 * 1024, description="larger messages are dead-lettered unread")
 
@@ -75,12 +75,34 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     registry_dir: Path = Field(Path("registry"), description="bundle registry: <registry>/<feed>/<version>/")
     feeds: list[str] = Field(["transactions"], description="feeds this worker scores")
-    app_id: str = "streamdetect"
+    app_id: str = Field("streamdetect", description="Faust app id (prefix of its internal topics)")
     web_port: int = Field(6066, description="Faust web server (health, metrics)")
     device: str = Field("cpu", description="torch device for scoring and training")
-    log_level: str = "info"
+    log_level: str = Field("info", description="worker log level")
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_table() -> str:
+    """Markdown table of every setting with its environment variable and default (for the README)."""
+    rows = ["| environment variable | default | meaning |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name.upper()}__")
+                continue
+            default = field.get_default(call_default_factory=True)
+            shown = "(unset)" if default is None else f"`{default}`"
+            rows.append(f"| `{prefix}{name.upper()}` | {shown} | {field.description or ''} |")
+
+    walk(Settings, "STREAMDETECT_")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())
