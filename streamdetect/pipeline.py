@@ -1,0 +1,234 @@
+"""The worker's per-batch steps as plain functions: decode, validate, featurize + score,
+threshold, build outputs. Each takes and returns a whole batch; none touches Kafka, so each is
+unit-tested without a broker. ``process_batch`` chains them; the batch service only moves
+records between Kafka and it.
+
+Nothing here raises on bad data: every record that cannot be scored becomes a dead letter
+with a reason code (``records.DeadLetterReason``), the error text and the raw bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from offline.bundle import Bundle
+from streamdetect import scoring
+from streamdetect.feeds import Feed
+from streamdetect.records import alert_id
+from streamdetect.thresholds import PartitionState, apply_thresholds
+
+
+@dataclass
+class InputRecord:
+    """The fields of a Kafka record the pipeline reads (aiokafka's ConsumerRecord has them all)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    timestamp: int | None = None  # ms since the epoch (producer create time)
+
+
+@dataclass
+class Decoded:
+    record: InputRecord
+    obj: dict
+
+
+@dataclass
+class Valid:
+    record: InputRecord
+    obj: dict
+    event: object  # the feed's pydantic event
+
+
+@dataclass
+class BatchOutput:
+    alerts: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value)
+    scores: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead_letters: list[bytes] = field(default_factory=list)
+    scored: int = 0
+    dead_by_reason: dict[str, int] = field(default_factory=dict)
+    latency_ms_max: float = 0.0
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def dead_letter(record: InputRecord, feed: str, reason: str, error: str, *, error_types: Sequence[str] = (),
+                event_id: str | None = None, model_version: str | None = None) -> dict:
+    return {
+        "reason": reason, "error": error[:2000], "error_types": list(error_types), "feed": feed,
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "timestamp": record.timestamp, "key_b64": _b64(record.key), "raw_b64": _b64(record.value) or "",
+        "event_id": event_id, "model_version": model_version,
+    }
+
+
+# -- decode ---------------------------------------------------------------------------------
+def decode(records: Iterable[InputRecord], *, feed: str, max_event_bytes: int) -> tuple[list[Decoded], list[dict]]:
+    """Bytes -> JSON objects. Oversized, unparsable and non-object records become dead letters."""
+    decoded, dead = [], []
+    for record in records:
+        raw = record.value or b""
+        if len(raw) > max_event_bytes:
+            dead.append(dead_letter(record, feed, "oversized", f"{len(raw)} bytes > max_event_bytes {max_event_bytes}"))
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            obj = _lenient_json(raw)
+            if obj is None:
+                dead.append(dead_letter(record, feed, "invalid_json", str(exc)))
+                continue
+        if not isinstance(obj, dict):
+            dead.append(dead_letter(record, feed, "not_an_object", f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        decoded.append(Decoded(record, obj))
+    return decoded, dead
+
+
+def _lenient_json(raw: bytes):
+    """JSON with NaN/Infinity literals (as Python's json.dumps writes them): orjson refuses those;
+    we parse them so that validation can say *which field* is not finite. None if still invalid."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+# -- validate -------------------------------------------------------------------------------
+def validate(decoded: Iterable[Decoded], feed: Feed) -> tuple[list[Valid], list[dict]]:
+    """JSON objects -> the feed's events; invalid ones become ``invalid_event`` dead letters."""
+    valid, dead = [], []
+    model = feed.event_model
+    for item in decoded:
+        try:
+            valid.append(Valid(item.record, item.obj, model.model_validate(item.obj)))
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            event_id = item.obj.get("event_id")
+            dead.append(dead_letter(
+                item.record, feed.name, "invalid_event",
+                "; ".join(f"{'.'.join(map(str, e['loc'])) or '<event>'}: {e['msg']}" for e in errors),
+                error_types=sorted({e["type"] for e in errors}),
+                event_id=event_id if isinstance(event_id, str) else None,
+            ))
+    return valid, dead
+
+
+# -- featurize, score, threshold, build outputs ------------------------------------------------
+def process_batch(
+    records: Sequence[InputRecord],
+    *,
+    feed: Feed,
+    bundle: Bundle,
+    states: dict[int, PartitionState],
+    new_state,  # () -> PartitionState, for partitions seen for the first time
+    rate: float,
+    max_event_bytes: int,
+    top_k: int = 5,
+    publish_scores: bool = True,
+    max_scores_per_record: int = 2048,
+    now: float | None = None,
+) -> BatchOutput:
+    """One batch of one feed (any mix of its partitions) -> alerts, scores records, dead letters.
+
+    Updates ``states`` (per partition: key levels and the next offset to consume).
+    """
+    now = time.time() if now is None else now
+    version = bundle.version
+    decoded, dead = decode(records, feed=feed.name, max_event_bytes=max_event_bytes)
+    valid, invalid = validate(decoded, feed)
+    dead += invalid
+    X = np.empty((0, bundle.schema.n_features), np.float32)
+    if valid:
+        columns = feed.columns([v.event for v in valid])
+        X, kept, rejected = scoring.featurize(bundle, columns)
+        for row, error in rejected.items():
+            dead.append(dead_letter(valid[row].record, feed.name, "featurize_error", error,
+                                    event_id=getattr(valid[row].event, "event_id", None), model_version=version))
+        raw_numeric = np.column_stack([np.asarray(columns[c], dtype=np.float64)[kept] for c in bundle.schema.numeric]) \
+            if bundle.schema.numeric and len(kept) else None
+        valid = [valid[i] for i in kept.tolist()]
+    scores = scoring.score(bundle, X)
+
+    output = BatchOutput(scored=len(valid))
+    for letter in dead:
+        output.dead_by_reason[letter["reason"]] = output.dead_by_reason.get(letter["reason"], 0) + 1
+    output.dead_letters = [orjson.dumps(letter) for letter in dead]
+
+    # thresholds per partition, each against its state as it was before this batch
+    rows_by_partition: dict[int, list[int]] = {}
+    for row, item in enumerate(valid):
+        rows_by_partition.setdefault(item.record.partition, []).append(row)
+    dead_by_partition: dict[int, int] = {}
+    for letter in dead:
+        dead_by_partition[letter["partition"]] = dead_by_partition.get(letter["partition"], 0) + 1
+    alert_rows: list[tuple[int, float, float]] = []
+    for partition, rows in rows_by_partition.items():
+        state = states.get(partition)
+        if state is None:
+            state = states[partition] = new_state()
+        keys = [feed.key_of(valid[r].event) for r in rows]
+        result = apply_thresholds(state, keys, scores[rows], bundle.calibration_scores, rate=rate)
+        for i in np.flatnonzero(result.alerted).tolist():
+            alert_rows.append((rows[i], float(result.p_values[i]), float(result.thresholds[i])))
+        if publish_scores:
+            output.scores += _scores_records(feed, version, valid, rows, scores, result, dead_by_partition.pop(partition, 0),
+                                             now, max_scores_per_record)
+    for record in records:  # the next offset to consume, for checkpoints and commits
+        state = states.get(record.partition)
+        if state is None:
+            state = states[record.partition] = new_state()
+        state.next_offset = max(state.next_offset or 0, record.offset + 1)
+
+    if alert_rows:
+        rows = [r for r, _, _ in alert_rows]
+        reasons = scoring.top_features(bundle, X[rows], raw_numeric[rows] if raw_numeric is not None else None, top_k)
+        for (row, p_value, threshold), top in zip(alert_rows, reasons):
+            item = valid[row]
+            event_id = item.event.event_id
+            alert = {
+                "alert_id": alert_id(feed.name, event_id), "event_id": event_id, "feed": feed.name,
+                "key": feed.key_of(item.event), "event_time": item.event.event_time.isoformat(),
+                "score": float(scores[row]), "p_value": p_value, "threshold": threshold,
+                "model_version": version, "top_features": top, "event": item.obj,
+            }
+            output.alerts.append((event_id.encode(), orjson.dumps(alert)))
+    stamps = [r.timestamp for r in records if r.timestamp]
+    output.latency_ms_max = max(0.0, now * 1000 - min(stamps)) if stamps else 0.0
+    return output
+
+
+def _scores_records(feed, version, valid, rows, scores, result, dead_letters, now, chunk) -> list[tuple[bytes, bytes]]:
+    records = []
+    for start in range(0, len(rows), chunk):  # stay well under the broker's message size limit
+        part = rows[start : start + chunk]
+        offsets = [valid[r].record.offset for r in part]
+        stamps = [valid[r].record.timestamp for r in part if valid[r].record.timestamp]
+        partition = valid[part[0]].record.partition
+        body = {
+            "feed": feed.name, "topic": valid[part[0]].record.topic, "partition": partition,
+            "first_offset": min(offsets), "last_offset": max(offsets), "model_version": version,
+            "event_ids": [valid[r].event.event_id for r in part],
+            "scores": scores[part].tolist(),
+            "p_values": result.p_values[start : start + len(part)].tolist(),
+            "alerted": result.alerted[start : start + len(part)].tolist(),
+            "thresholds": result.thresholds[start : start + len(part)].tolist(),
+            "dead_letters": dead_letters if start == 0 else 0,
+            "latency_ms_max": max(0.0, now * 1000 - min(stamps)) if stamps else 0.0,
+            "produced_at": now,
+        }
+        records.append((str(partition).encode(), orjson.dumps(body)))
+    return records

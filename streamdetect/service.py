@@ -1,0 +1,316 @@
+"""The batch scorer the Faust worker hosts, and the model it serves.
+
+Faust's per-event stream machinery costs ~175 us per event and its Kafka driver waits up to
+1.5 s per fetch (DESIGN.md, "The worker"), so the feed topics are consumed here instead: an
+aiokafka consumer group, ``getmany`` with a short fetch wait, one ``pipeline.process_batch`` per
+feed per batch, outputs produced without per-event awaits, and offsets committed only after
+every output of the batch is acknowledged (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
+from mode import Service
+
+from offline import bundle as bundles
+from offline.bundle import Bundle, BundleError
+from streamdetect import pipeline
+from streamdetect.feeds import Feed, get_feed
+from streamdetect.settings import Settings
+from streamdetect.state import checkpoint_value, read_latest_states, state_key
+from streamdetect.thresholds import PartitionState
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """The bundle in service per feed. A bundle that fails verification is refused (logged) and
+    the one in service keeps serving; the batch scorer reads ``current(feed)`` at every batch."""
+
+    def __init__(self, registry: Path, feeds: list[str]):
+        self.registry, self.feeds = Path(registry), feeds
+        self.bundles: dict[str, Bundle] = {}
+        self.refused: dict[str, str] = {}  # feed -> version last refused (not retried until the pointer moves)
+        self.last_error: dict[str, str] = {}
+
+    def current(self, feed: str) -> Bundle | None:
+        return self.bundles.get(feed)
+
+    def versions(self) -> dict[str, str | None]:
+        return {feed: (b.version if (b := self.bundles.get(feed)) else None) for feed in self.feeds}
+
+    def refresh(self, feed: str, *, force: bool = False) -> bool:
+        """Load the registry's current bundle for ``feed`` if it is not the one in service; True if swapped."""
+        try:
+            wanted = bundles.current_version(self.registry, feed)
+        except BundleError as exc:
+            return self._refuse(feed, "?", str(exc))
+        in_service = self.bundles.get(feed)
+        if wanted is None or (in_service is not None and in_service.version == wanted):
+            return False
+        if not force and self.refused.get(feed) == wanted:
+            return False
+        try:
+            loaded = bundles.load_bundle(bundles.feed_dir(self.registry, feed) / wanted)
+        except BundleError as exc:
+            return self._refuse(feed, wanted, str(exc))
+        self.bundles[feed] = loaded
+        self.refused.pop(feed, None)
+        self.last_error.pop(feed, None)
+        log.info("feed %s: now serving bundle %s (%s, was %s)", feed, loaded.version, loaded.model_name,
+                 in_service.version if in_service else "none")
+        return True
+
+    def _refuse(self, feed: str, version: str, error: str) -> bool:
+        in_service = self.bundles.get(feed)
+        self.refused[feed], self.last_error[feed] = version, error
+        log.error("feed %s: REFUSED bundle %s: %s -- still serving %s", feed, version, error,
+                  in_service.version if in_service else "nothing (not consuming until a valid bundle is promoted)")
+        return False
+
+    def apply_control(self, message: dict) -> str:
+        """``{action: load|promote|rollback, feed, version?}`` -> what happened, in words."""
+        action, feed = message.get("action"), message.get("feed")
+        if feed not in self.feeds:
+            return f"ignored control {message!r}: feed {feed!r} is not served here ({', '.join(self.feeds)})"
+        try:
+            if action == "promote":
+                version = message.get("version")
+                if not version:
+                    return f"ignored control {message!r}: promote needs a version"
+                bundles.promote(self.registry, feed, version)
+            elif action == "rollback":
+                bundles.rollback(self.registry, feed)
+            elif action != "load":
+                return f"ignored control {message!r}: action must be load, promote or rollback"
+        except BundleError as exc:
+            return f"control {action} for {feed} failed: {exc}"
+        self.refresh(feed, force=True)
+        return f"control {action} for {feed}: serving {self.versions()[feed]}"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.events = 0
+        self.scored = 0
+        self.alerts = 0
+        self.batches = 0
+        self.dead_letters: dict[str, int] = defaultdict(int)
+        self.last_batch_latency_ms = 0.0
+        self.last_batch_seconds = 0.0
+        self.commit_failures = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        uptime = time.time() - self.started
+        return {
+            "uptime_s": round(uptime, 1), "events": self.events, "scored": self.scored, "alerts": self.alerts,
+            "batches": self.batches, "dead_letters": dict(self.dead_letters),
+            "last_batch_latency_ms": round(self.last_batch_latency_ms, 1),
+            "last_batch_seconds": round(self.last_batch_seconds, 4), "commit_failures": self.commit_failures,
+        }
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, scorer: "BatchScorer"):
+        self.scorer = scorer
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.scorer.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.scorer.on_assigned(assigned)
+
+
+class BatchScorer(Service):
+    """Consumes the feed topics in batches and scores them; started by the Faust worker."""
+
+    def __init__(self, settings: Settings, bootstrap_kwargs: dict[str, Any], models: ModelHolder, metrics: Metrics, **kwargs):
+        super().__init__(**kwargs)
+        self.settings, self.bootstrap_kwargs, self.models, self.metrics = settings, bootstrap_kwargs, models, metrics
+        self.feeds: dict[str, Feed] = {get_feed(name).topic(settings): get_feed(name) for name in settings.feeds}
+        self.states: dict[str, dict[int, PartitionState]] = {feed.name: {} for feed in self.feeds.values()}
+        self.lock = asyncio.Lock()  # a batch, a checkpoint flush and a revoke never interleave
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.last_checkpoint = 0.0
+        self.ready = False
+
+    def new_state(self) -> PartitionState:
+        scoring = self.settings.scoring
+        return PartitionState(window=scoring.threshold_window, warmup=scoring.threshold_warmup)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        # one torch thread: batches are small, and on a shared few-core host torch's default
+        # thread pool spin-waits against the event loop (measured 2048-event batches: 56 ms with
+        # one thread vs 330-420 ms with two under load)
+        torch.set_num_threads(1)
+        kafka = self.settings.kafka
+        self.producer = AIOKafkaProducer(**self.bootstrap_kwargs, acks="all", linger_ms=5,
+                                         max_batch_size=1 << 20, max_request_size=8 << 20)
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            **self.bootstrap_kwargs,
+            group_id=kafka.consumer_group,
+            enable_auto_commit=False,
+            # "earliest": a new group reads the feed from its start; also, Tansu's ListOffsets(latest)
+            # is unreliable (broker.py), so "latest" would start at a wrong offset there
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 << 20,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            # Tansu holds a join for about half the rebalance timeout before it completes the group
+            rebalance_timeout_ms=6_000,
+            max_poll_interval_ms=120_000,
+        )
+
+    async def on_stop(self) -> None:
+        self.ready = False
+        if self.consumer is not None:
+            async with self.lock:  # let a batch in flight finish, then flush state
+                try:
+                    await self._checkpoint([(feed, p) for feed, parts in self.states.items() for p in parts])
+                except (KafkaError, OSError) as exc:
+                    log.warning("final checkpoint failed: %s", exc)
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    @Service.task
+    async def _consume(self) -> None:
+        scoring = self.settings.scoring
+        while not self.should_stop and not all(self.models.current(f.name) for f in self.feeds.values()):
+            for feed in self.feeds.values():
+                await asyncio.to_thread(self.models.refresh, feed.name)
+            if not all(self.models.current(f.name) for f in self.feeds.values()):
+                await self.sleep(2.0)  # no bundle yet: do not consume (nothing would be scored)
+        self.consumer.subscribe(list(self.feeds), listener=_Rebalance(self))
+        await self.consumer.start()
+        log.info("batch scorer: consuming %s as group %s", ", ".join(self.feeds), self.settings.kafka.consumer_group)
+        while not self.should_stop:
+            try:
+                batch = await self.consumer.getmany(timeout_ms=max(scoring.linger_ms, 10), max_records=scoring.batch_size)
+            except ConsumerStoppedError:
+                break
+            if batch:
+                async with self.lock:
+                    await self._handle(batch)
+            elif time.monotonic() - self.last_checkpoint > scoring.checkpoint_interval_s:
+                async with self.lock:
+                    await self._checkpoint_due()
+
+    @Service.timer(3.0)
+    async def _watch_registry(self) -> None:
+        """A promotion by the CLI (or by a control message another worker consumed) shows here."""
+        for feed in self.feeds.values():
+            await asyncio.to_thread(self.models.refresh, feed.name)
+
+    # -- one batch ------------------------------------------------------------------------------
+    async def _handle(self, batch: dict[TopicPartition, list]) -> None:
+        started = time.perf_counter()
+        assigned = self.consumer.assignment()
+        by_topic: dict[str, list] = defaultdict(list)
+        commit: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            if tp not in assigned or not records:
+                continue  # revoked while we waited for the lock: the new owner reprocesses it
+            by_topic[tp.topic].extend(records)
+            commit[tp] = records[-1].offset + 1
+        futures = []
+        scoring, topics = self.settings.scoring, self.settings.topics
+        for topic, records in by_topic.items():
+            feed = self.feeds[topic]
+            bundle = self.models.current(feed.name)  # a swapped bundle takes effect here, at the next batch
+            output = await asyncio.to_thread(
+                pipeline.process_batch, records,
+                feed=feed, bundle=bundle, states=self.states[feed.name], new_state=self.new_state,
+                rate=scoring.target_false_alarm_rate, max_event_bytes=scoring.max_event_bytes,
+                top_k=scoring.top_features, publish_scores=scoring.publish_scores,
+            )
+            send = self.producer.send
+            futures += [await send(topics.alerts, value, key=key) for key, value in output.alerts]
+            futures += [await send(topics.scores, value, key=key) for key, value in output.scores]
+            futures += [await send(topics.deadletter, value) for value in output.dead_letters]
+            self.metrics.events += len(records)
+            self.metrics.scored += output.scored
+            self.metrics.alerts += len(output.alerts)
+            for reason, count in output.dead_by_reason.items():
+                self.metrics.dead_letters[reason] += count
+            self.metrics.last_batch_latency_ms = output.latency_ms_max
+        await asyncio.gather(*futures)  # every output acknowledged ...
+        await self._checkpoint_due()  # ... state checkpointed (at most every checkpoint_interval_s) ...
+        try:  # ... and only then the input offsets committed
+            await self.consumer.commit(commit)
+        except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: they are reprocessed
+            self.metrics.commit_failures += 1
+            log.warning("offset commit failed (%s); the batch will be reprocessed by the partitions' new owner", exc)
+        self.metrics.batches += 1
+        self.metrics.last_batch_seconds = time.perf_counter() - started
+
+    # -- state: checkpoint, restore ---------------------------------------------------------------
+    async def _checkpoint_due(self) -> None:
+        if time.monotonic() - self.last_checkpoint >= self.settings.scoring.checkpoint_interval_s:
+            await self._checkpoint([(feed, p) for feed, parts in self.states.items() for p in parts])
+
+    async def _checkpoint(self, which: list[tuple[str, int]]) -> None:
+        futures = []
+        for feed, partition in which:
+            state = self.states[feed].get(partition)
+            if state is None or state.next_offset is None:
+                continue
+            futures.append(await self.producer.send(
+                self.settings.topics.state, checkpoint_value(feed, partition, state.to_dict()),
+                key=state_key(feed, partition).encode(), partition=partition,
+            ))
+        await asyncio.gather(*futures)
+        self.last_checkpoint = time.monotonic()
+
+    async def on_revoked(self, revoked) -> None:
+        async with self.lock:
+            which = [(self.feeds[tp.topic].name, tp.partition) for tp in revoked if tp.topic in self.feeds]
+            try:
+                await self._checkpoint(which)
+            except (KafkaError, OSError) as exc:
+                log.warning("checkpoint on revoke failed (%s); the next owner restores an older state", exc)
+            for feed, partition in which:
+                self.states[feed].pop(partition, None)
+        self.ready = False
+        log.info("revoked %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def on_assigned(self, assigned) -> None:
+        by_feed: dict[str, list[int]] = defaultdict(list)
+        for tp in assigned:
+            if tp.topic in self.feeds:
+                by_feed[self.feeds[tp.topic].name].append(tp.partition)
+        partitions = sorted({p for parts in by_feed.values() for p in parts})
+        try:
+            latest = await read_latest_states(self.bootstrap_kwargs, self.settings.topics.state, partitions)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("could not read the state topic (%s); starting with empty threshold state", exc)
+            latest = {}
+        scoring = self.settings.scoring
+        restored = []
+        async with self.lock:
+            for feed, parts in by_feed.items():
+                for partition in parts:
+                    saved = latest.get(state_key(feed, partition))
+                    if saved is not None:
+                        self.states[feed][partition] = PartitionState.from_dict(
+                            saved, window=scoring.threshold_window, warmup=scoring.threshold_warmup)
+                        restored.append(f"{feed}[{partition}]@{saved.get('next_offset')}")
+                    else:
+                        self.states[feed].setdefault(partition, self.new_state())
+        self.ready = True
+        log.info("assigned %s; restored state of %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),
+                 ", ".join(restored) or "no partition (fresh state)")

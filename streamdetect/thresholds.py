@@ -1,0 +1,149 @@
+"""Calibrated, adaptive thresholds shared by every feed.
+
+1. **Conformal p-values.** The bundle carries sorted anomaly scores of held-out normal rows. An
+   event's p-value is ``(1 + #{calibration >= score}) / (n + 1)``: under normal data p-values are
+   (super-)uniform, so alerting at ``p < rate`` keeps the false-alarm rate at about ``rate``.
+2. **Per-key adaptation.** Some entities (a card, a host, a sensor) run "hotter" than the
+   calibration data. Each key keeps a river ``RollingQuantile(0.5)`` of its recent raw scores;
+   once the key has ``warmup`` events its level factor is
+   ``max(1, rolling_median / median(calibration))`` and the p-value is taken of
+   ``score / factor``, i.e. the key's threshold is the calibrated one times the factor.
+   Events without a key share the key "".
+
+Each batch is compared against the state as it was *before* the batch, then the state is
+updated with the batch, so an anomaly burst cannot raise its own threshold within a batch.
+State is kept per input partition (``PartitionState``), bounded (LRU over keys) and serialised as
+plain JSON (the window's values), never pickle.
+
+>>> import numpy as np
+>>> calibration = np.arange(1.0, 100.0)          # 99 normal scores
+>>> p_values(np.array([0.5, 50.0, 1000.0]), calibration).round(3).tolist()
+[1.0, 0.51, 0.01]
+>>> state = PartitionState(window=50, warmup=0)
+>>> result = apply_thresholds(state, ["a", "a"], np.array([50.0, 1000.0]), calibration, rate=0.05)
+>>> result.alerted.tolist(), float(result.thresholds[0])
+([False, True], 96.0)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from river import stats
+
+
+def p_values(scores: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:
+    """Conformal p-values of ``scores`` against sorted calibration scores (vectorised)."""
+    n = len(calibration_sorted)
+    at_least = n - np.searchsorted(calibration_sorted, scores, side="left")
+    return (1.0 + at_least) / (n + 1.0)
+
+
+def score_threshold(calibration_sorted: np.ndarray, rate: float) -> float:
+    """The score above which ``p_values(score) < rate``: the calibrated threshold.
+
+    ``p < rate`` holds exactly when at most ``m`` calibration scores are >= the score, where ``m``
+    is the largest count with ``(1 + m) / (n + 1) < rate``; that is every score above
+    ``calibration[n - 1 - m]``. With too few calibration scores for ``rate`` nothing can alert (inf).
+    """
+    n = len(calibration_sorted)
+    m = int(np.sum((1.0 + np.arange(n + 1)) / (n + 1.0) < rate)) - 1
+    if m < 0:
+        return float("inf")
+    return float(calibration_sorted[n - 1 - m])
+
+
+class KeyLevel:
+    """Rolling median of one key's recent raw scores, plus how many it has seen."""
+
+    __slots__ = ("count", "quantile", "values")
+
+    def __init__(self, window: int, values: Sequence[float] = (), count: int = 0):
+        self.quantile = stats.RollingQuantile(0.5, window_size=window)
+        self.values: deque[float] = deque(maxlen=window)  # river's window is opaque; ours is what we checkpoint
+        self.count = 0
+        for value in values:
+            self.update(float(value))
+        self.count = max(count, self.count)
+
+    def update(self, value: float) -> None:
+        self.quantile.update(value)
+        self.values.append(value)
+        self.count += 1
+
+    def median(self) -> float | None:
+        return self.quantile.get()
+
+
+class PartitionState:
+    """Per-key levels of one input partition, LRU-bounded, with the next offset to consume."""
+
+    def __init__(self, *, window: int, warmup: int, max_keys: int = 100_000):
+        self.window, self.warmup, self.max_keys = window, warmup, max_keys
+        self.keys: OrderedDict[str, KeyLevel] = OrderedDict()
+        self.next_offset: int | None = None
+
+    def factors(self, keys: Sequence[str], calibration_median: float) -> dict[str, float]:
+        """Level factor per distinct key in ``keys`` (1 for unknown or warming-up keys)."""
+        out = {}
+        for key in set(keys):
+            level = self.keys.get(key)
+            median = level.median() if level is not None and level.count >= self.warmup else None
+            out[key] = max(1.0, median / calibration_median) if median is not None else 1.0
+        return out
+
+    def update(self, keys: Sequence[str], scores: np.ndarray) -> None:
+        for key, score in zip(keys, scores.tolist()):
+            level = self.keys.get(key)
+            if level is None:
+                level = self.keys[key] = KeyLevel(self.window)
+            else:
+                self.keys.move_to_end(key)
+            level.update(score)
+        while len(self.keys) > self.max_keys:
+            self.keys.popitem(last=False)  # least recently seen key
+
+    # -- checkpoints: plain JSON-able dicts ---------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "window": self.window,
+            "warmup": self.warmup,
+            "next_offset": self.next_offset,
+            "keys": {key: {"count": level.count, "values": list(level.values)} for key, level in self.keys.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, *, window: int, warmup: int, max_keys: int = 100_000) -> "PartitionState":
+        """Restore; the configured window and warm-up win over the checkpoint's (settings may change)."""
+        state = cls(window=window, warmup=warmup, max_keys=max_keys)
+        state.next_offset = data.get("next_offset")
+        for key, level in data.get("keys", {}).items():
+            state.keys[key] = KeyLevel(window, level["values"][-window:], int(level["count"]))
+        while len(state.keys) > max_keys:
+            state.keys.popitem(last=False)
+        return state
+
+
+@dataclass
+class ThresholdResult:
+    p_values: np.ndarray
+    alerted: np.ndarray  # bool
+    thresholds: np.ndarray  # score threshold each event was held to (calibrated threshold x key factor)
+    factors: np.ndarray
+
+
+def apply_thresholds(
+    state: PartitionState, keys: Sequence[str], scores: np.ndarray, calibration_sorted: np.ndarray, *, rate: float
+) -> ThresholdResult:
+    """p-values and alert decisions of one partition's batch, then fold the batch into ``state``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    calibration_median = max(float(np.median(calibration_sorted)), 1e-12)
+    by_key = state.factors(keys, calibration_median)
+    factors = np.fromiter((by_key[k] for k in keys), dtype=np.float64, count=len(keys))
+    p = p_values(scores / factors, calibration_sorted)
+    thresholds = score_threshold(calibration_sorted, rate) * factors
+    state.update(keys, scores)
+    return ThresholdResult(p_values=p, alerted=p < rate, thresholds=thresholds, factors=factors)
