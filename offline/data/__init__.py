@@ -15,12 +15,14 @@ TABULAR_LOADERS: dict[str, str] = {
     "creditcard": "offline.data.creditcard:load_creditcard",
     "kddcup99": "offline.data.kdd:load_kddcup99",
     "nsl-kdd": "offline.data.kdd:load_nsl_kdd",
+    "nab": "offline.data.nab:load_nab_tabular",
 }
 #: every dataset's files (a tuple of RemoteFile), for ``python -m offline.data fetch``
 DATASET_FILES: dict[str, str] = {
     "creditcard": "offline.data.creditcard:FILES",
     "kddcup99": "offline.data.kdd:KDDCUP99_FILES",
     "nsl-kdd": "offline.data.kdd:NSL_KDD_FILES",
+    "nab": "offline.data.nab:FILES",
 }
 
 
