@@ -32,6 +32,8 @@ COLUMNS = [
 IDENTITY = ["dataset", "protocol", "model", "target_class", "seed", "threshold_rule", "preset"]
 SUITES = {
     "creditcard": "offline.suites.creditcard",
+    "kdd": "offline.suites.kdd",
+    "nsl-kdd": "offline.suites.nsl_kdd",
 }
 RESULTS_DIR = Path("benchmarks/results")
 FIGURES_DIR = Path("benchmarks/figures")
