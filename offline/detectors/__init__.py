@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "vae": "offline.detectors.reconstruction:VAEDetector",
     "iforest": "offline.detectors.baselines:IsolationForestDetector",
     "hst": "offline.detectors.baselines:HalfSpaceTreesDetector",
+    "ocsvm": "offline.detectors.ocsvm:OneClassSVMDetector",
 }
 
 
