@@ -195,3 +195,30 @@ def send(path: Path, topic: str | None, rate: float, key_field: str | None, boot
 
 if __name__ == "__main__":
     cli()
+
+
+def malformed_examples(template: dict, *, max_event_bytes: int = 64 * 1024) -> list[tuple[str, bytes, str, str | None]]:
+    """Broken variants of a good event, one per way an event can be bad:
+    ``(name, message, expected dead-letter reason, expected pydantic error type or None)``.
+    Each carries its own event id (``bad-<name>``) where it has one, so its dead letter can be found."""
+    def variant(name: str, **changes) -> dict:
+        event = {**template, "event_id": f"bad-{name}", **changes}
+        return {k: v for k, v in event.items() if v is not _DROP}
+
+    numeric = next(k for k, v in template.items() if isinstance(v, float) and k != "Amount")
+    nan_event = variant("nan")
+    raw_nan = orjson.dumps(nan_event).replace(f'"{numeric}":{orjson.dumps(template[numeric]).decode()}'.encode(),
+                                              f'"{numeric}":NaN'.encode())  # as Python's json.dumps writes NaN
+    return [
+        ("invalid-json", b'{"event_id": "bad-invalid-json", "V1": 1.0,', "invalid_json", None),
+        ("not-an-object", orjson.dumps([template]), "not_an_object", None),
+        ("missing-field", orjson.dumps(variant("missing-field", **{numeric: _DROP})), "invalid_event", "missing"),
+        ("wrong-type", orjson.dumps(variant("wrong-type", **{numeric: "abc"})), "invalid_event", "float_type"),
+        ("nan", raw_nan, "invalid_event", "finite_number"),
+        ("out-of-range", orjson.dumps(variant("out-of-range", Amount=-5.0)), "invalid_event", "greater_than_equal"),
+        ("extra-field", orjson.dumps(variant("extra-field", Class=1)), "invalid_event", "extra_forbidden"),
+        ("oversized", orjson.dumps(variant("oversized", card_id="x" * max_event_bytes)), "oversized", None),
+    ]
+
+
+_DROP = object()

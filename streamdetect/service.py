@@ -108,6 +108,7 @@ class Metrics:
         self.dead_letters: dict[str, int] = defaultdict(int)
         self.last_batch_latency_ms = 0.0
         self.last_batch_seconds = 0.0
+        self.busy_seconds = 0.0  # time spent handling batches: scored / busy_seconds = scoring capacity
         self.commit_failures = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -116,7 +117,8 @@ class Metrics:
             "uptime_s": round(uptime, 1), "events": self.events, "scored": self.scored, "alerts": self.alerts,
             "batches": self.batches, "dead_letters": dict(self.dead_letters),
             "last_batch_latency_ms": round(self.last_batch_latency_ms, 1),
-            "last_batch_seconds": round(self.last_batch_seconds, 4), "commit_failures": self.commit_failures,
+            "last_batch_seconds": round(self.last_batch_seconds, 4), "busy_seconds": round(self.busy_seconds, 3),
+            "commit_failures": self.commit_failures,
         }
 
 
@@ -257,6 +259,7 @@ class BatchScorer(Service):
             log.warning("offset commit failed (%s); the batch will be reprocessed by the partitions' new owner", exc)
         self.metrics.batches += 1
         self.metrics.last_batch_seconds = time.perf_counter() - started
+        self.metrics.busy_seconds += self.metrics.last_batch_seconds
 
     # -- state: checkpoint, restore ---------------------------------------------------------------
     async def _checkpoint_due(self) -> None:

@@ -45,6 +45,7 @@ class Feed:
 #: feed name -> "module:attribute" of its ``Feed``; imported lazily
 FEEDS: dict[str, str] = {
     "transactions": "streamdetect.feeds.transactions:FEED",
+    "sensor-readings": "streamdetect.feeds.sensors:FEED",
 }
 
 

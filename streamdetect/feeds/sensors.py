@@ -1,0 +1,108 @@
+"""The ``sensor-readings`` feed: readings of sensors whose normal level moves.
+
+An event is ``{sensor_id, event_time, value}``; ``value`` is one number or a list of numbers (one
+per channel of a multi-channel sensor); ``event_id`` is optional (default
+``<sensor_id>@<event_time>``). The entity key is ``sensor_id``.
+
+A single reading says little, so the model scores a **sliding window** of each sensor's last
+``size`` readings. The windows live in the partition state (``feed_state``) that the worker
+checkpoints to the state topic, so a restarted or rebalanced worker resumes them. Each sensor is
+**normalised by its own statistics**: an exponentially weighted mean and variance whose memory is
+``memory`` readings (exact running mean/variance for the first ``memory`` readings), so sensors
+of any scale share one model and a slowly moving normal level does not look anomalous. The
+window a reading completes is expressed in the sensor's standard units *before* the reading is
+folded into the statistics (a spike is measured against the past). A sensor's first ``warmup``
+readings only build its window and statistics: they are not scored.
+
+The window's features are named by position, ``value[t-0]`` (the newest reading) to
+``value[t-<size-1>]``, so an alert's ``top_features`` point at the deviating part of the window;
+multi-channel sensors get ``value<c>[t-k]``.
+
+The window configuration travels in the bundle (``manifest.extra.sensor_windows``), because a
+model must be served with the featurization it was trained with.
+
+>>> config = WindowConfig(size=3, warmup=3)
+>>> state = {}
+>>> events = [SensorEvent.model_validate({"sensor_id": "pump-1", "event_time": f"2024-01-01T00:0{i}:00Z", "value": v})
+...           for i, v in enumerate([1.0, 2.0, 1.0, 2.0, 9.0])]
+>>> columns, ready = featurize_windows(events, state, config)
+>>> ready.tolist()
+[False, False, False, True, True]
+>>> config.names()
+['value[t-2]', 'value[t-1]', 'value[t-0]']
+>>> round(float(columns["value[t-0]"][4]), 2)   # 9.0 against mean 1.5, std 0.5 of the past
+15.0
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from offline.windows import MANIFEST_KEY, STATE_KEY, WindowConfig, fold_windows, window_frame  # noqa: F401
+from streamdetect.feeds import Feed
+
+MAX_CHANNELS = 16
+
+Reading = Annotated[float, Field(strict=False, allow_inf_nan=False, ge=-1e12, le=1e12)]
+
+
+class SensorEvent(BaseModel):
+    """One reading; extra fields and non-finite or absurd values are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-/]+$")]
+    event_time: dt.datetime
+    value: Reading | Annotated[list[Reading], Field(min_length=1, max_length=MAX_CHANNELS)]
+    event_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+    @model_validator(mode="after")
+    def _default_event_id(self) -> "SensorEvent":
+        if self.event_id is None:
+            object.__setattr__(self, "event_id", f"{self.sensor_id}@{self.event_time.isoformat()}")
+        return self
+
+    @property
+    def values(self) -> list[float]:
+        return [float(v) for v in self.value] if isinstance(self.value, list) else [float(self.value)]
+
+
+def featurize_windows(
+    events: Sequence[SensorEvent], feed_state: dict, config: WindowConfig
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The worker's featurization of a batch of one partition: ``offline.windows.fold_windows``."""
+    return fold_windows([e.sensor_id for e in events], [e.values for e in events], feed_state, config)
+
+
+def sensor_columns(events: Sequence[SensorEvent]) -> dict[str, np.ndarray]:
+    """The stateless view (latest reading only); the worker uses ``featurize_windows``."""
+    return {"value": np.fromiter((e.values[0] for e in events), dtype=np.float64, count=len(events))}
+
+
+def events_from_dataset(data, index: np.ndarray) -> list[dict]:
+    """Events for rows ``index`` of ``offline.data.nab.load_nab_tabular``: ids ``<sensor>-<row>``."""
+    index = np.asarray(index)
+    extra = data.extra.iloc[index]
+    times = pd.to_datetime(extra["timestamp"]).dt.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
+    values = data.features["value"].to_numpy()[index].tolist()
+    return [
+        {"event_id": f"{sensor}-{row}", "sensor_id": sensor, "event_time": when, "value": value}
+        for row, sensor, when, value in zip(index.tolist(), extra["sensor_id"].tolist(), times, values)
+    ]
+
+
+FEED = Feed(
+    name="sensor-readings",
+    topic_setting="sensor_readings",
+    event_model=SensorEvent,
+    key_field="sensor_id",
+    columns=sensor_columns,
+    dataset="nab",
+    events_from_dataset=events_from_dataset,
+)
