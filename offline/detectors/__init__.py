@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "iforest": "offline.detectors.baselines:IsolationForestDetector",
     "hst": "offline.detectors.baselines:HalfSpaceTreesDetector",
     "ocsvm": "offline.detectors.ocsvm:OneClassSVMDetector",
+    "knn": "offline.detectors.knn:KNNDetector",
 }
 
 
