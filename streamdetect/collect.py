@@ -43,10 +43,9 @@ async def collect_outputs(
     timeout: float = 120.0,
     event_ids: set[str] | None = None,
     progress: bool = True,
-    until=None,  # optional (Outputs) -> bool: stop once it holds (checked after each fetch)
 ) -> Outputs:
-    """Consume until ``expected`` events are accounted for (scored or dead-lettered), ``until``
-    holds, or ``timeout`` passes. ``event_ids`` restricts the scores kept to those events."""
+    """Consume until ``expected`` events are accounted for (scored or dead-lettered) or ``timeout``
+    passes. ``event_ids`` restricts the scores kept to those events."""
     topics = settings.topics
     consumer = AIOKafkaConsumer(topics.alerts, topics.scores, topics.deadletter, **bootstrap_kwargs,
                                 group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -70,9 +69,7 @@ async def collect_outputs(
                         else:
                             _add_scores(out, value, event_ids)
                 bar.update(out.accounted() - bar.n)
-                if out.accounted() >= expected and (until is None or until(out)):
-                    break
-                if until is not None and until(out) and expected <= 0:
+                if out.accounted() >= expected:
                     break
     finally:
         await consumer.stop()

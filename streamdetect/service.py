@@ -62,13 +62,37 @@ class ModelHolder:
         try:
             loaded = bundles.load_bundle(bundles.feed_dir(self.registry, feed) / wanted)
         except BundleError as exc:
-            return self._refuse(feed, wanted, str(exc))
+            self._refuse(feed, wanted, str(exc))
+            if in_service is not None:
+                return False
+            # nothing in service yet (a worker starting after a bad promotion): rather than score
+            # nothing, serve the newest earlier version of the promotion history that verifies
+            loaded = self._fallback(feed, wanted)
+            if loaded is None:
+                return False
+            self.bundles[feed] = loaded
+            return True
         self.bundles[feed] = loaded
         self.refused.pop(feed, None)
         self.last_error.pop(feed, None)
         log.info("feed %s: now serving bundle %s (%s, was %s)", feed, loaded.version, loaded.model_name,
                  in_service.version if in_service else "none")
         return True
+
+    def _fallback(self, feed: str, refused: str) -> Bundle | None:
+        history = bundles.read_pointer(self.registry, feed)["history"]
+        for version in reversed(history):
+            if version == refused:
+                continue
+            try:
+                loaded = bundles.load_bundle(bundles.feed_dir(self.registry, feed) / version)
+            except BundleError as exc:
+                log.error("feed %s: fallback bundle %s refused too: %s", feed, version, exc)
+                continue
+            log.error("feed %s: serving FALLBACK bundle %s from the promotion history, because the current "
+                      "version %s is refused; promote or roll back to fix the registry", feed, version, refused)
+            return loaded
+        return None
 
     def _refuse(self, feed: str, version: str, error: str) -> bool:
         in_service = self.bundles.get(feed)

@@ -211,6 +211,10 @@ def test_model_holder_refuses_a_tampered_bundle_and_keeps_serving(registry_copy,
     assert "serving v0002" in holder.apply_control({"action": "rollback", "feed": "transactions"})
     assert bundles.current_version(registry_copy, "transactions") == "v0002"
     assert "ignored" in holder.apply_control({"action": "explode", "feed": "transactions"})
+    bundles.promote(registry_copy, "transactions", "v0003")  # a fresh holder (worker restart) falls back to v0002
+    fresh = ModelHolder(registry_copy, ["transactions"])
+    assert fresh.refresh("transactions") and fresh.versions() == {"transactions": "v0002"}
+    assert fresh.refused == {"transactions": "v0003"}
     assert "failed" in holder.apply_control({"action": "promote", "feed": "transactions", "version": "v0999"})
 
 
