@@ -40,14 +40,21 @@ from offline.train import FittedModel, fit_model
 
 log = logging.getLogger("offline.suites.kdd")
 
-MODELS = ["ae", "vae", "egbad", "ganomaly", "iforest", "ocsvm", "hst"]
+MODELS = ["knn", "ae", "ocsvm", "iforest", "vae", "hst", "egbad", "ganomaly"]
 PROTOCOL = "dagmm-50-50"
 TOP_FRACTION = 0.20
-EXTRA_COLUMNS = ["threshold", "flagged", "test_rows", "test_anomalies", "train_rows", "val_auroc", "val_f1"]
+EXTRA_COLUMNS = ["threshold", "flagged", "test_rows", "test_anomalies", "train_rows", "distinct_train_rows", "val_auroc", "val_f1"]
 COMMAND = "python -m offline.benchmark --suite kdd --seeds 0,1,2,3,4"
 #: HalfSpaceTrees keeps only the mass profile of its last window, so streaming more rows than a
 #: few windows into it changes nothing but the run time: it sees a random sample of this size
 HST_TRAIN_ROWS = 20_000
+#: models fitted on the distinct training rows: the 178k attack rows of a training half are 33k
+#: distinct ones (smurf and neptune records repeat thousands of times), and fitting on the distinct
+#: rows keeps the rare attack types from drowning. Chosen on the validation columns (seed 0):
+#: it lifts val F1 of ae .985 -> .991, ocsvm .927 -> .981, while IsolationForest, whose isolation
+#: depth *is* a density estimate, collapses without the repeats (.920 -> .373) and keeps them;
+#: HalfSpaceTrees (mass profiles, also density) keeps them too.
+KEEP_REPEATS = {"iforest", "hst"}
 
 #: published results on the same protocol (F1 of the ``normal.`` class at the top-20% threshold);
 #: precision/recall only where the issue gave them
@@ -105,6 +112,13 @@ def cap_train(split: Split, model: str, preset: str, seed: int) -> Split:
     return split
 
 
+def distinct_rows(data: TabularData, rows: np.ndarray) -> np.ndarray:
+    """The first of each group of identical feature rows (sorted indices)."""
+    keys = pd.util.hash_pandas_object(data.features.iloc[rows], index=False).to_numpy()
+    _, first = np.unique(keys, return_index=True)
+    return np.sort(rows[first])
+
+
 def fit_on(data: TabularData, model: str, params: dict, split: Split) -> FittedModel:
     return fit_model(
         model, params, data.features.iloc[split.train], data.features.iloc[split.calibration],
@@ -137,7 +151,11 @@ def run(ctx: SuiteContext) -> None:
         identity = dict(dataset="kddcup99", protocol=PROTOCOL, model=model, target_class="", seed=seed, preset=ctx.preset)
         if all(ctx.results.has(**identity, threshold_rule=rule) for rule in rules):
             continue
-        split = cap_train(dagmm_split(data, seed=seed), model, ctx.preset, seed)
+        split = dagmm_split(data, seed=seed)
+        distinct = ctx.options.get("distinct_train", True) and model not in KEEP_REPEATS
+        if distinct:
+            split = Split(distinct_rows(data, split.train), split.calibration, split.test, split.description)
+        split = cap_train(split, model, ctx.preset, seed)
         fitted = fit_on(data, model, model_params(model, "kddcup99", ctx.preset, seed), split)
         scores, test_labels = score_rows(fitted, data.features.iloc[split.test]), labels[split.test]
         val = validation_rows(data, split, seed)
@@ -154,7 +172,7 @@ def run(ctx: SuiteContext) -> None:
                 "train_seconds": round(fitted.train_seconds, 2),
                 "threshold": metrics["threshold"], "flagged": metrics["flagged"],
                 "test_rows": len(test_labels), "test_anomalies": int(test_labels.sum()), "train_rows": len(split.train),
-                "val_auroc": ranking_metrics(val_scores, val_labels)["auroc"], "val_f1": val_f1,
+                "distinct_train_rows": bool(distinct), "val_auroc": ranking_metrics(val_scores, val_labels)["auroc"], "val_f1": val_f1,
             })
         log.info("kdd %s seed %d: F1 %.4f (top-20pct), AUROC %.4f", model, seed,
                  thresholded_metrics(scores, test_labels, thresholds["top-20pct"])["f1"], ranking["auroc"])
@@ -187,7 +205,8 @@ def tables(rows: pd.DataFrame) -> str:
         "as the anomalies; the top 20% of test scores are flagged (`top-20pct`, the protocol's rule) and "
         "precision/recall/F1 are those of the `normal.` class. Mean ± std over seeds. `val F1` is the same rule "
         "on a validation set drawn from the training half only (held-out attacks + its `normal.` rows), the "
-        "column hyperparameters and score definitions were chosen on.",
+        "column hyperparameters and score definitions were chosen on. Models other than iforest and hst are "
+        "fitted on the distinct attack rows (`distinct_train_rows`; chosen on val F1, see `offline/suites/kdd.py`).",
         "",
     ]
     if rows.empty:
