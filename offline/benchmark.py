@@ -32,6 +32,7 @@ COLUMNS = [
 IDENTITY = ["dataset", "protocol", "model", "target_class", "seed", "threshold_rule", "preset"]
 SUITES = {
     "creditcard": "offline.suites.creditcard",
+    "nab": "offline.suites.nab",  # rows come from python -m streamdetect.nab_replay
     "kdd": "offline.suites.kdd",
     "nsl-kdd": "offline.suites.nsl_kdd",
 }

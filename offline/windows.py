@@ -2,12 +2,20 @@
 feed, shared by the worker (``streamdetect.feeds.sensors``), the retrainer and offline training,
 so that a model always sees exactly the windows it will be served.
 
-Each sensor keeps its last ``size`` readings and an exponentially weighted mean and variance
-whose memory is ``memory`` readings (exact running mean/variance for the first ``memory``
-readings). The window a reading completes is expressed in the sensor's standard units *before*
-the reading is folded into the statistics (a spike is measured against the past). A sensor's
-first ``warmup`` readings only build its window and statistics: they are not scored. State is a
-plain JSON-able dict (checkpointed by the worker with its partition state).
+Each sensor keeps its last ``size`` readings. The window a reading completes is expressed in the
+sensor's own standard units: ``(reading - center) / scale`` per channel, where ``center`` and
+``scale`` are
+
+- the sensor's **model statistics** when the bundle has them (``fit_sensor_stats``: median and
+  1.4826 x MAD of the sensor's training readings, fitted with the model and stored in its manifest
+  under ``sensor_stats``), so the model judges a sensor against its own normal level as it was
+  learnt, and a level shift stays visible until a retrained model learns the new level;
+- otherwise (a sensor the model has never seen) **running statistics** kept in the state: an
+  exponentially weighted mean and variance whose memory is ``memory`` readings (exact running
+  mean/variance for the first ``memory`` readings), taken *before* the reading is folded in (a
+  spike is measured against the past). Such a sensor's first ``warmup`` readings are not scored.
+
+State is a plain JSON-able dict (checkpointed by the worker with its partition state).
 
 >>> config = WindowConfig(size=3, warmup=3)
 >>> columns, ready = fold_windows(["p"] * 5, [[1.0], [2.0], [1.0], [2.0], [9.0]], {}, config)
@@ -30,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 MANIFEST_KEY = "sensor_windows"  # manifest["extra"][MANIFEST_KEY] = WindowConfig.to_dict()
+STATS_KEY = "sensor_stats"  # manifest["extra"][STATS_KEY] = {sensor: {"center": [..], "scale": [..]}}
 STATE_KEY = "sensors"  # feed_state[STATE_KEY] = {sensor_id: {"n", "mean", "var", "window"}}
 
 
@@ -68,19 +77,48 @@ class WindowConfig:
         return cls.from_dict(extra[MANIFEST_KEY])
 
 
+def fit_sensor_stats(sensor_ids: Sequence[str], values) -> dict[str, dict[str, list[float]]]:
+    """Robust per-sensor statistics of training readings: median and 1.4826 x MAD per channel
+    (the standard deviation where the MAD is 0; a tiny floor for constant sensors).
+
+    >>> fit_sensor_stats(["a"] * 5 + ["b"] * 3, [1, 2, 3, 4, 100, 7, 7, 7])["a"]
+    {'center': [3.0], 'scale': [1.4826]}
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    ids = np.asarray(sensor_ids)
+    out = {}
+    for sensor in dict.fromkeys(sensor_ids):
+        block = values[ids == sensor]
+        center = np.median(block, axis=0)
+        scale = 1.4826 * np.median(np.abs(block - center), axis=0)
+        std = block.std(axis=0)
+        scale = np.where(scale > 0, scale, std)
+        scale = np.maximum(scale, 1e-6 * np.maximum(1.0, np.abs(center)))
+        out[str(sensor)] = {"center": [round(float(c), 10) for c in center], "scale": [round(float(v), 10) for v in scale]}
+    return out
+
+
+def stats_of_bundle(bundle) -> dict:
+    return (bundle.manifest.get("extra") or {}).get(STATS_KEY) or {}
+
+
 def _new_sensor(channels: int) -> dict:
     return {"n": 0, "mean": [0.0] * channels, "var": [0.0] * channels, "window": []}
 
 
 def fold_windows(
-    sensor_ids: Sequence[str], readings: Sequence[Sequence[float]], feed_state: dict, config: WindowConfig
+    sensor_ids: Sequence[str], readings: Sequence[Sequence[float]], feed_state: dict, config: WindowConfig,
+    stats: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Fold readings (in arrival order; one list of channel values each) into the per-sensor
     windows of ``feed_state`` and return the standardised window each reading completes as
     columns ``config.names()``, plus a boolean ``ready`` per reading (False: the sensor is warming
     up, or the reading's channel count is wrong; such rows hold NaN). ``feed_state`` is a plain
-    JSON-able dict and is updated in place.
+    JSON-able dict and is updated in place. ``stats``: the model's per-sensor statistics.
     """
+    stats = stats or {}
     sensors: dict = feed_state.setdefault(STATE_KEY, {})
     n_events, size, channels = len(sensor_ids), config.size, config.channels
     out = np.full((n_events, size * channels), np.nan, dtype=np.float64)
@@ -96,13 +134,16 @@ def fold_windows(
         if len(window) > size:
             del window[: len(window) - size]
         n, mean, var = sensor["n"], sensor["mean"], sensor["var"]
-        if n >= config.warmup and len(window) == size:
+        known = stats.get(key)
+        if len(window) == size and (known is not None or n >= config.warmup):
             row = out[i]
             for c in range(channels):
-                std = math.sqrt(var[c])
-                std = max(std, 1e-6 * max(1.0, abs(mean[c])))
+                if known is not None:
+                    center, scale = known["center"][c], known["scale"][c]
+                else:
+                    center, scale = mean[c], max(math.sqrt(var[c]), 1e-6 * max(1.0, abs(mean[c])))
                 for position, reading in enumerate(window):
-                    z = (reading[c] - mean[c]) / std
+                    z = (reading[c] - center) / scale
                     row[position * channels + c] = min(max(z, -config.clip), config.clip)
             ready[i] = True
         alpha = max(1.0 / (n + 1), floor_alpha)
@@ -117,11 +158,12 @@ def fold_windows(
     return {name: out[:, j] for j, name in enumerate(names)}, ready
 
 
-def window_frame(sensor_ids: Sequence[str], values, config: WindowConfig, *, feed_state: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+def window_frame(sensor_ids: Sequence[str], values, config: WindowConfig, *, feed_state: dict | None = None,
+                 stats: Mapping | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Readings (in arrival order) -> the windows the worker would score (``config.names()``
     columns) and the rows that are ready. Training uses this, offline and in the retrainer."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         values = values[:, None]
-    columns, ready = fold_windows(list(sensor_ids), values.tolist(), {} if feed_state is None else feed_state, config)
+    columns, ready = fold_windows(list(sensor_ids), values.tolist(), {} if feed_state is None else feed_state, config, stats)
     return pd.DataFrame(columns), ready

@@ -114,8 +114,9 @@ def drop_rows(event_ids: Sequence[str], alerted: set[str], confirmed: set[str]) 
 
 
 # -- featurization of recent events (the same as the worker's) ---------------------------------
-def event_frame(feed_name: str, events: Sequence[dict], window_config: dict | None, feed_state: dict | None = None):
-    """Validated events (dicts, in partition/offset order) -> (feature frame, event ids, ready mask)."""
+def event_frame(feed_name: str, events: Sequence[dict], window_config: dict | None, feed_state: dict | None = None,
+                stats: dict | None = None):
+    """Validated events (dicts, in partition/offset order) -> (feature frame, event ids, ready mask, events)."""
     import pandas as pd
 
     from streamdetect.feeds import get_feed
@@ -128,10 +129,10 @@ def event_frame(feed_name: str, events: Sequence[dict], window_config: dict | No
 
         config = WindowConfig.from_dict(window_config)
         columns, ready = fold_windows([m.sensor_id for m in models], [m.values for m in models],
-                                      {} if feed_state is None else feed_state, config)
+                                      {} if feed_state is None else feed_state, config, stats)
     else:
         columns, ready = feed.columns(models), np.ones(len(models), dtype=bool)
-    return pd.DataFrame(columns), ids, ready
+    return pd.DataFrame(columns), ids, ready, models
 
 
 def train_candidate(job: dict) -> dict:
@@ -147,7 +148,17 @@ def train_candidate(job: dict) -> dict:
     extra = current.manifest.get("extra") or {}
     window = extra.get("sensor_windows")
     events = [orjson.loads(line) for line in Path(job["events_path"]).read_bytes().splitlines() if line]
-    frame, ids, ready = event_frame(job["feed"], events, window)
+    stats = None
+    if window is not None:  # per-sensor statistics of the recent readings that are neither alerted nor confirmed
+        from offline.windows import STATS_KEY, fit_sensor_stats
+
+        _, ids, _, models = event_frame(job["feed"], events, None)
+        normal = drop_rows(ids, set(job["alerted"]), set(job["confirmed"]))
+        fresh = fit_sensor_stats([m.sensor_id for m, ok in zip(models, normal) if ok],
+                                 [m.values for m, ok in zip(models, normal) if ok])
+        stats = {**(extra.get(STATS_KEY) or {}), **fresh}
+        extra = {**extra, STATS_KEY: stats}
+    frame, ids, ready, _ = event_frame(job["feed"], events, window, stats=stats)
     keep = ready & drop_rows(ids, set(job["alerted"]), set(job["confirmed"]))
     frame = frame[keep].reset_index(drop=True)
     if len(frame) < job["min_train_rows"]:
@@ -178,16 +189,17 @@ def shadow_compare(feed_name: str, current_dir: str, candidate_dir: str, history
     from streamdetect.scoring import score
     from streamdetect.thresholds import p_values
 
+    from offline.windows import stats_of_bundle
+
     current, candidate = bundles.load_bundle(Path(current_dir)), bundles.load_bundle(Path(candidate_dir))
     window = (current.manifest.get("extra") or {}).get("sensor_windows")
-    state: dict = {}
-    all_frame, all_ids, all_ready = event_frame(feed_name, history + shadow, window, state)
     n_hist = len(history)
-    frame, ready = all_frame.iloc[n_hist:], all_ready[n_hist:]
     known_ids = {e.get("event_id") for e in known}
-    known_rows = np.array([i in known_ids and r for i, r in zip(all_ids, all_ready)], dtype=bool)
     out = []
-    for bundle in (current, candidate):
+    for bundle in (current, candidate):  # each with its own sensor statistics, as it would be served
+        all_frame, all_ids, all_ready, _ = event_frame(feed_name, history + shadow, window, stats=stats_of_bundle(bundle))
+        frame, ready = all_frame.iloc[n_hist:], all_ready[n_hist:]
+        known_rows = np.array([i in known_ids and r for i, r in zip(all_ids, all_ready)], dtype=bool)
         X, _ = bundle.schema.transform(frame[ready])
         p = p_values(score(bundle, X), bundle.calibration_scores)
         Xk, _ = bundle.schema.transform(all_frame[known_rows]) if known_rows.any() else (np.empty((0, bundle.schema.n_features)), None)

@@ -7,12 +7,11 @@ per channel of a multi-channel sensor); ``event_id`` is optional (default
 A single reading says little, so the model scores a **sliding window** of each sensor's last
 ``size`` readings. The windows live in the partition state (``feed_state``) that the worker
 checkpoints to the state topic, so a restarted or rebalanced worker resumes them. Each sensor is
-**normalised by its own statistics**: an exponentially weighted mean and variance whose memory is
-``memory`` readings (exact running mean/variance for the first ``memory`` readings), so sensors
-of any scale share one model and a slowly moving normal level does not look anomalous. The
-window a reading completes is expressed in the sensor's standard units *before* the reading is
-folded into the statistics (a spike is measured against the past). A sensor's first ``warmup``
-readings only build its window and statistics: they are not scored.
+**normalised by its own statistics** (``offline.windows``): the per-sensor median and MAD the model
+learnt with (stored in the bundle), or, for a sensor the model has never seen, running statistics
+kept in the state (its first ``warmup`` readings are then not scored); so sensors of any scale
+share one model, and a level that moves away from what the model learnt is visible until a
+retrained model (``retrain.py``) learns it.
 
 The window's features are named by position, ``value[t-0]`` (the newest reading) to
 ``value[t-<size-1>]``, so an alert's ``top_features`` point at the deviating part of the window;
@@ -44,7 +43,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from offline.windows import MANIFEST_KEY, STATE_KEY, WindowConfig, fold_windows, window_frame  # noqa: F401
+from offline.windows import MANIFEST_KEY, STATE_KEY, STATS_KEY, WindowConfig, fold_windows, stats_of_bundle, window_frame  # noqa: F401
 from streamdetect.feeds import Feed
 
 MAX_CHANNELS = 16
@@ -74,10 +73,15 @@ class SensorEvent(BaseModel):
 
 
 def featurize_windows(
-    events: Sequence[SensorEvent], feed_state: dict, config: WindowConfig
+    events: Sequence[SensorEvent], feed_state: dict, config: WindowConfig, stats: dict | None = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The worker's featurization of a batch of one partition: ``offline.windows.fold_windows``."""
-    return fold_windows([e.sensor_id for e in events], [e.values for e in events], feed_state, config)
+    return fold_windows([e.sensor_id for e in events], [e.values for e in events], feed_state, config, stats)
+
+
+def stateful_columns(events: Sequence[SensorEvent], feed_state: dict, bundle) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The pipeline's hook: windows with the bundle's window configuration and sensor statistics."""
+    return featurize_windows(events, feed_state, WindowConfig.of_bundle(bundle), stats_of_bundle(bundle))
 
 
 def sensor_columns(events: Sequence[SensorEvent]) -> dict[str, np.ndarray]:

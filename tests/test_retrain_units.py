@@ -1,0 +1,94 @@
+"""The retrain loop's plain parts: training data selection, candidate training, shadow comparison, decision."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import orjson
+import pytest
+
+from offline import bundle as bundles
+from offline.train import fit_model
+from offline.windows import MANIFEST_KEY, STATS_KEY, WindowConfig, fit_sensor_stats, window_frame
+from streamdetect.retrain import (
+    ShadowStats,
+    drop_rows,
+    promotion_decision,
+    shadow_compare,
+    shadow_stats,
+    train_candidate,
+)
+
+CONFIG = WindowConfig(size=8, warmup=16, memory=5000)
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def sensor_events(n: int, *, level: float, start: int = 0, sensors=("s0", "s1"), seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(start, start + n):
+        sensor = sensors[i % len(sensors)]
+        value = level + np.sin(i / 10) + rng.normal(0, 0.3)
+        when = (T0 + dt.timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out.append({"event_id": f"{sensor}-{i}", "sensor_id": sensor, "event_time": when, "value": round(float(value), 5)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def sensor_registry(tmp_path_factory):
+    """v0001: a small windowed AE trained on level-0 readings of two sensors."""
+    import torch
+
+    torch.set_num_threads(1)
+    events = sensor_events(1200, level=0.0)
+    ids, values = [e["sensor_id"] for e in events], [e["value"] for e in events]
+    stats = fit_sensor_stats(ids, values)
+    frame, ready = window_frame(ids, values, CONFIG, stats=stats)
+    frame = frame[ready]
+    fitted = fit_model("ae", {"hidden": [16], "latent_dim": 3, "epochs": 8, "progress": False}, frame.iloc[:800], frame.iloc[800:],
+                       numeric=CONFIG.names())
+    registry = tmp_path_factory.mktemp("registry")
+    directory = bundles.next_version_dir(registry, "sensor-readings")
+    bundles.save_bundle(directory, detector=fitted.detector, schema=fitted.schema, calibration_scores=fitted.calibration_scores,
+                        feed="sensor-readings", dataset="synthetic", score_definition="window recon",
+                        training_fingerprint=fitted.training_fingerprint, extra={MANIFEST_KEY: CONFIG.to_dict(), STATS_KEY: stats})
+    bundles.promote(registry, "sensor-readings", directory.name)
+    return registry
+
+
+def test_promotion_needs_better_calibration_and_no_lost_detection():
+    target = 0.01
+    current = ShadowStats("v1", events=500, alerts=200, known_anomalies=3, known_detected=3)
+    assert promotion_decision(current, ShadowStats("v2", 500, 6, 3, 3), target_rate=target).promote
+    assert not promotion_decision(current, ShadowStats("v2", 500, 6, 3, 2), target_rate=target).promote
+    assert not promotion_decision(current, ShadowStats("v2", 500, 300, 3, 3), target_rate=target).promote
+    assert not promotion_decision(current, ShadowStats("v2", 50, 0, 3, 3), target_rate=target).promote  # too few events
+    stats = shadow_stats("v", np.array([0.001, 0.5, 0.2, 0.004]), 0.01, np.array([0.001, 0.9]))
+    assert (stats.events, stats.alerts, stats.known_anomalies, stats.known_detected) == (4, 2, 2, 1)
+    assert drop_rows(["a", "b", "c"], {"b"}, {"c"}).tolist() == [True, False, False]
+
+
+def test_candidate_trained_on_shifted_events_is_promoted_over_the_old_model(sensor_registry, tmp_path):
+    current_dir = bundles.feed_dir(sensor_registry, "sensor-readings") / "v0001"
+    history = sensor_events(300, level=0.0, seed=1) + sensor_events(900, level=4.0, start=300, seed=2)  # level shift
+    alerted = {history[310]["event_id"], history[311]["event_id"]}
+    confirmed = {history[1100]["event_id"]}
+    events_path = tmp_path / "events.jsonl"
+    events_path.write_bytes(b"\n".join(orjson.dumps(e) for e in history))
+    summary = train_candidate({
+        "feed": "sensor-readings", "registry": str(sensor_registry), "current_bundle": str(current_dir),
+        "events_path": str(events_path), "alerted": sorted(alerted), "confirmed": sorted(confirmed),
+        "min_train_rows": 200, "calibration_fraction": 0.25, "params": {"epochs": 8}, "trigger": "drift",
+    })
+    assert summary["version"] == "v0002" and summary["dropped_alerted_or_confirmed"] == 3
+    candidate = bundles.load_bundle(bundles.feed_dir(sensor_registry, "sensor-readings") / "v0002")
+    assert candidate.manifest["extra"][MANIFEST_KEY] == CONFIG.to_dict() and candidate.manifest["extra"]["retrained_from"] == "v0001"
+    shadow = sensor_events(600, level=4.0, start=1200, seed=3)
+    cur, cand = shadow_compare("sensor-readings", str(current_dir), str(candidate.path), history, shadow, [], 0.01)
+    assert cur.events == cand.events == 600
+    assert cur.alert_rate > 0.5, cur  # the old model's sensor statistics: the new level looks anomalous
+    assert abs(candidate.manifest["extra"][STATS_KEY]["s0"]["center"][0] - 4.0) < 1.0
+    decision = promotion_decision(cur, cand, target_rate=0.01)
+    assert decision.promote, decision
+    assert cand.alert_rate < 0.05
