@@ -14,7 +14,7 @@ from offline.suites import kdd as kdd_suite
 from offline.suites import nsl_kdd as nsl_suite
 from streamdetect.settings import Settings
 
-FAST_MODELS = ["ae", "iforest", "ocsvm"]
+FAST_MODELS = ["knn", "ae", "iforest", "ocsvm"]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,16 @@ def _context(suite, module, store, tmp_path, sample_rows):
         suite=suite, results=results, store=store, preset="quick", seeds=[0], models=FAST_MODELS,
         figures_dir=tmp_path / "figures", options={"sample_rows": sample_rows},
     )
+
+
+def test_knn_scores_distance_to_distinct_training_rows_and_explains_by_the_nearest_row():
+    rng = np.random.default_rng(1)
+    normal = np.repeat(rng.normal(size=(200, 4)).astype("float32"), 5, axis=0)  # every row five times
+    detector = make_detector("knn", k=2).fit(normal)
+    assert len(detector.rows) == 200  # repeats dropped
+    probe = normal[:1] + np.array([[0, 0, 25, 0]], dtype="float32")
+    contributions = detector.explain(probe)
+    assert contributions.argmax() == 2 and detector.score(probe)[0] > np.quantile(detector.score(normal), 0.99)
 
 
 def test_ocsvm_follows_the_protocol_and_round_trips_a_bundle(tmp_path):
@@ -63,6 +73,7 @@ def test_kdd_suite_quick_run_writes_rows_and_the_best_model_is_sane(store, tmp_p
     assert top["flagged"].between(0.18 * 20_000, 0.201 * 20_000).all()
     assert top["f1"].max() > 0.85 and top["auroc"].max() > 0.95
     assert top["val_f1"].notna().all()
+    assert not top.set_index("model").loc["iforest", "distinct_train_rows"] and top.set_index("model").loc["knn", "distinct_train_rows"]
     # resumable: a second run computes nothing and appends nothing
     kdd_suite.run(_context("kdd", kdd_suite, store, tmp_path, sample_rows=40_000))
     assert len(pd.read_csv(ctx.results.path)) == len(rows)
