@@ -64,6 +64,30 @@ class ScoringSettings(BaseModel):
     publish_scores: bool = Field(True, description="publish one scores record per batch")
     checkpoint_interval_s: float = Field(1.0, ge=0, description="how often partition state is checkpointed")
     max_event_bytes: int = Field(64 * 1024, description="larger messages are dead-lettered unread")
+    alert_budget_per_hour: float | None = Field(None, gt=0, description="at most this many alerts per key per hour of event time (token bucket; unset = no budget)")
+
+
+class DriftSettings(BaseModel):
+    enabled: bool = Field(True, description="watch each key's p-values for drift and publish drift events on model-control")
+    detector: Literal["adwin", "kswin"] = Field("adwin", description="river drift detector")
+    delta: float = Field(0.001, gt=0, lt=1, description="ADWIN confidence")
+    alpha: float = Field(0.0001, gt=0, lt=1, description="KSWIN significance")
+    min_events: int = Field(200, ge=1, description="values per key before a drift can be reported")
+    cooldown: int = Field(1000, ge=0, description="values per key after a drift before the next one is reported")
+
+
+class RetrainSettings(BaseModel):
+    enabled: bool = Field(True, description="retrain automatically on drift (a manual retrain message always works)")
+    window_events: int = Field(4000, ge=10, description="events after the drift point the candidate is trained on")
+    shadow_events: int = Field(2000, ge=10, description="next events scored by the current model and the candidate side by side")
+    min_shadow_events: int = Field(200, ge=1, description="fewer shadow events than this: no promotion")
+    min_train_rows: int = Field(200, ge=10, description="fewer usable rows than this: no candidate")
+    calibration_fraction: float = Field(0.25, gt=0, lt=1, description="latest share of the training rows held out for calibration")
+    params: dict = Field({}, description="hyperparameters overriding the ones of the model in service (e.g. epochs)")
+    cooldown_s: float = Field(120.0, ge=0, description="seconds after a retrain starts before drift can start another")
+    collect_timeout_s: float = Field(600.0, gt=0, description="how long to wait for the training and shadow events to arrive")
+    timeout_s: float = Field(900.0, gt=0, description="training time limit")
+    auto_promote: bool = Field(True, description="promote a candidate that wins the shadow comparison")
 
 
 class Settings(BaseSettings):
@@ -73,6 +97,8 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     data: DataSettings = DataSettings()
     scoring: ScoringSettings = ScoringSettings()
+    drift: DriftSettings = DriftSettings()
+    retrain: RetrainSettings = RetrainSettings()
     registry_dir: Path = Field(Path("registry"), description="bundle registry: <registry>/<feed>/<version>/")
     feeds: list[str] = Field(["transactions"], description="feeds this worker scores")
     app_id: str = Field("streamdetect", description="Faust app id (prefix of its internal topics)")
