@@ -14,6 +14,14 @@ REGISTRY: dict[str, str] = {
     "hst": "offline.detectors.baselines:HalfSpaceTreesDetector",
     "ocsvm": "offline.detectors.ocsvm:OneClassSVMDetector",
     "knn": "offline.detectors.knn:KNNDetector",
+    "dcgan": "offline.detectors.gan:DCGANDetector",
+    "anogan": "offline.detectors.gan:AnoGANDetector",
+    "egbad": "offline.detectors.gan:EGBADDetector",
+    "ganomaly": "offline.detectors.gan:GANomalyDetector",
+    "fanogan": "offline.detectors.gan:FAnoGANDetector",
+    "twodisc": "offline.detectors.gan:TwoDiscriminatorDetector",
+    "cgan": "offline.detectors.gan:ConditionalGANDetector",
+    "cvae": "offline.detectors.gan:ConditionalVAEDetector",
 }
 
 

@@ -1,4 +1,12 @@
-"""Tabular autoencoder and VAE detectors: anomaly score = reconstruction error."""
+"""Autoencoder and VAE detectors: anomaly score = reconstruction error.
+
+2-D input (rows x features) builds the fully connected networks of ``models/tabular.py`` with a
+Gaussian (squared-error) likelihood. 4-D input (N, C, H, W) images in [0, 1] (3-D (N, H, W) is
+read as one channel) builds the convolutional networks of ``models/images.py`` with the classic
+Bernoulli likelihood: binary cross-entropy summed over pixels (+ beta * KL for the VAE). Either
+way the score is the squared error of the reconstruction (the decoder mean at z = mu), summed
+over features or pixels, and ``explain`` gives it per feature or per pixel.
+"""
 
 from __future__ import annotations
 
@@ -12,39 +20,85 @@ from offline.detectors.base import Detector, as_float32
 from offline.detectors.training import predict_in_chunks, seed_everything, train_loop
 from offline.models.tabular import MLPAutoencoder, MLPVAE
 
+IMAGE_SHAPE_KEY = "meta.input_shape"  # present in the state of image models only
+
+
+def _as_input(X) -> np.ndarray:
+    """Rows stay (n, d); images become (N, C, H, W) float32."""
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim == 3:
+        X = X[:, None]
+    return X if X.ndim == 4 else as_float32(X)
+
 
 class _TabularReconstruction(Detector):
     explains: ClassVar[bool] = True
     module: torch.nn.Module | None
 
+    input_shape: tuple[int, ...] | None = None  # (C, H, W) for image models, None for rows
+
     def _build(self, n_features: int) -> torch.nn.Module:
         raise NotImplementedError
+
+    def _build_for(self, X: np.ndarray) -> torch.nn.Module:
+        if X.ndim == 4:
+            self.input_shape = tuple(int(s) for s in X.shape[1:])
+            return self._build_image(self.input_shape)
+        self.input_shape = None
+        return self._build(X.shape[1])
+
+    def _build_image(self, shape: tuple[int, int, int]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @property
+    def is_image(self) -> bool:
+        return self.input_shape is not None
 
     def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _chunk(self) -> int:
+        return 1024 if self.is_image else 8192
+
     def expected(self, X) -> np.ndarray:
-        return predict_in_chunks(self._reconstruct, as_float32(X), device=self.device)
+        return predict_in_chunks(self._reconstruct, _as_input(X), chunk=self._chunk(), device=self.device)
 
     def explain(self, X) -> np.ndarray:
-        """Per-feature squared reconstruction error; for the AE it sums to the score."""
-        X = as_float32(X)
+        """Per-feature (per-pixel) squared reconstruction error; for the AE it sums to the score."""
+        X = _as_input(X)
         return (X - self.expected(X)) ** 2
 
+    def _recon_loss(self, logits_or_values: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """Per-row loss: BCE summed over pixels (images) or squared error summed over features."""
+        if self.is_image:
+            return F.binary_cross_entropy_with_logits(logits_or_values, batch, reduction="none").flatten(1).sum(dim=1)
+        return F.mse_loss(logits_or_values, batch, reduction="none").sum(dim=1)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        if self.is_image:
+            tensors[IMAGE_SHAPE_KEY] = torch.tensor(self.input_shape, dtype=torch.int64)
+        return tensors
 
     @classmethod
     def from_state(cls, params: dict, tensors: dict[str, torch.Tensor], *, n_features: int) -> "Detector":
         detector = cls(**params)
-        detector.module = detector._build(n_features)
+        tensors = dict(tensors)
+        shape = tensors.pop(IMAGE_SHAPE_KEY, None)
+        if shape is not None:
+            detector.input_shape = tuple(int(s) for s in shape.tolist())
+            detector.module = detector._build_image(detector.input_shape)
+        else:
+            detector.module = detector._build(n_features)
         detector.module.load_state_dict(tensors)
         detector.module.eval()
         return detector
 
 
 class AutoencoderDetector(_TabularReconstruction):
-    """Deterministic MLP autoencoder; score = squared reconstruction error summed over features.
+    """Deterministic autoencoder (MLP for rows, conv for images); score = squared reconstruction
+    error summed over features. Images train with BCE over pixels; ``base_channels`` sizes the
+    conv networks and is ignored for rows.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -69,39 +123,58 @@ class AutoencoderDetector(_TabularReconstruction):
         seed: int = 0,
         device: str = "cpu",
         progress: bool = True,
+        base_channels: int = 32,
     ):
         self.hidden, self.latent_dim = tuple(hidden), latent_dim
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.patience, self.seed, self.device, self.progress = patience, seed, device, progress
+        self.base_channels = base_channels
         self.module = None
         self.history: list[dict] = []
 
     def _build(self, n_features: int) -> torch.nn.Module:
         return MLPAutoencoder(n_features, self.hidden, self.latent_dim)
 
+    def _build_image(self, shape: tuple[int, int, int]) -> torch.nn.Module:
+        from offline.models.images import ConvAutoencoder
+
+        return ConvAutoencoder(shape[0], self.latent_dim, image_size=shape[-1], base=self.base_channels)
+
     def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+        out = self.module(x)
+        return torch.sigmoid(out) if self.is_image else out
+
+    def encode(self, X) -> np.ndarray:
+        """Latent codes (the bottleneck)."""
+        return predict_in_chunks(self.module.encoder, _as_input(X), chunk=self._chunk(), device=self.device)
 
     def fit(self, X, *, X_val=None) -> "AutoencoderDetector":
-        X = as_float32(X)
+        X = _as_input(X)
         generator = seed_everything(self.seed)
-        self.module = self._build(X.shape[1])
+        self.module = self._build_for(X)
         self.history = train_loop(
             self.module,
-            lambda batch: F.mse_loss(self.module(batch), batch, reduction="none").sum(dim=1).mean(),
+            lambda batch: self._recon_loss(self.module(batch), batch).mean(),
             X,
-            X_val=None if X_val is None else as_float32(X_val),
+            X_val=None if X_val is None else _as_input(X_val),
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             patience=self.patience, generator=generator, desc=self.name, device=self.device, progress=self.progress,
         )
         return self
 
     def score(self, X) -> np.ndarray:
-        return predict_in_chunks(lambda x: ((self.module(x) - x) ** 2).sum(dim=1), as_float32(X), device=self.device)
+        return predict_in_chunks(
+            lambda x: ((self._reconstruct(x) - x) ** 2).flatten(1).sum(dim=1), _as_input(X), chunk=self._chunk(), device=self.device
+        )
 
 
 class VAEDetector(_TabularReconstruction):
     """Variational autoencoder (Gaussian encoder, reparameterisation, reconstruction + beta*KL).
+
+    Rows: MLP, squared-error reconstruction term. Images (4-D input): conv encoder/decoder,
+    Bernoulli likelihood (BCE summed over pixels) + beta * KL, the classic formulation
+    (beta = 1 is the plain VAE, beta > 1 the beta-VAE). ``sample(n)`` draws images/rows from the
+    prior, ``encode(X)`` gives latent means.
 
     ``score_mode="recon"``: squared error of the decoder mean at z = mu (no sampling noise);
     ``score_mode="recon+latent"`` adds ``latent_weight`` times the squared Mahalanobis distance of
@@ -134,6 +207,7 @@ class VAEDetector(_TabularReconstruction):
         seed: int = 0,
         device: str = "cpu",
         progress: bool = True,
+        base_channels: int = 32,
     ):
         if score_mode not in ("recon", "recon+latent"):
             raise ValueError(f"score_mode must be 'recon' or 'recon+latent', not {score_mode!r}")
@@ -141,43 +215,65 @@ class VAEDetector(_TabularReconstruction):
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.patience, self.score_mode, self.latent_weight = patience, score_mode, latent_weight
         self.seed, self.device, self.progress = seed, device, progress
+        self.base_channels = base_channels
         self.module = None
         self.history: list[dict] = []
 
     def _build(self, n_features: int) -> torch.nn.Module:
         return MLPVAE(n_features, self.hidden, self.latent_dim)
 
+    def _build_image(self, shape: tuple[int, int, int]) -> torch.nn.Module:
+        from offline.models.images import ConvVAE
+
+        return ConvVAE(shape[0], self.latent_dim, image_size=shape[-1], base=self.base_channels)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.module.decoder(z)
+        return torch.sigmoid(out) if self.is_image else out
+
     def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.decoder(self.module.encode(x)[0])
+        return self._decode(self.module.encode(x)[0])
+
+    def encode(self, X) -> np.ndarray:
+        """Latent means mu(x)."""
+        return predict_in_chunks(lambda x: self.module.encode(x)[0], _as_input(X), chunk=self._chunk(), device=self.device)
+
+    def decode(self, Z) -> np.ndarray:
+        return predict_in_chunks(self._decode, np.asarray(Z, dtype=np.float32), chunk=self._chunk(), device=self.device)
+
+    def sample(self, n: int, *, seed: int = 0) -> np.ndarray:
+        """``n`` draws from the prior pushed through the decoder (decoder means)."""
+        z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()
+        return self.decode(z)
 
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
         reconstruction, mu, logvar = self.module(batch)
-        recon = F.mse_loss(reconstruction, batch, reduction="none").sum(dim=1)
+        recon = self._recon_loss(reconstruction, batch)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
         return (recon + self.beta * kl).mean()
 
     def fit(self, X, *, X_val=None) -> "VAEDetector":
-        X = as_float32(X)
+        X = _as_input(X)
         generator = seed_everything(self.seed)
-        self.module = self._build(X.shape[1])
+        self.module = self._build_for(X)
         self.history = train_loop(
             self.module, self._loss, X,
-            X_val=None if X_val is None else as_float32(X_val),
+            X_val=None if X_val is None else _as_input(X_val),
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             patience=self.patience, generator=generator, desc=self.name, device=self.device, progress=self.progress,
         )
-        mu = predict_in_chunks(lambda x: self.module.encode(x)[0], X, device=self.device)
+        mu = self.encode(X)
         self.module.latent_mean.copy_(torch.from_numpy(mu.mean(axis=0)))
         self.module.latent_var.copy_(torch.from_numpy(mu.var(axis=0) + 1e-6))
         return self
 
     def _score_tensor(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.module.encode(x)
-        score = ((self.module.decoder(mu) - x) ** 2).sum(dim=1)
+        score = ((self._decode(mu) - x) ** 2).flatten(1).sum(dim=1)
         if self.score_mode == "recon+latent":
             deviation = ((mu - self.module.latent_mean) ** 2 / self.module.latent_var).sum(dim=1)
             score = score + self.latent_weight * deviation
         return score
 
     def score(self, X) -> np.ndarray:
-        return predict_in_chunks(self._score_tensor, as_float32(X), device=self.device)
+        return predict_in_chunks(self._score_tensor, _as_input(X), chunk=self._chunk(), device=self.device)
