@@ -34,7 +34,7 @@ def creditcard_bundles(creditcard, creditcard_split, tmp_path_factory):
     schema = FeatureSchema.fit(train, numeric=creditcard.numeric, log_scale=creditcard.log_scale)
     X_train, _ = schema.transform(train)
     X_cal, _ = schema.transform(calibration)
-    detector = make_detector("vae", epochs=2, progress=False).fit(X_train)
+    detector = make_detector("vae", epochs=6, score_mode="recon+latent", progress=False).fit(X_train)
     registry = tmp_path_factory.mktemp("registry")
     for version in ("v0001", "v0002", "v0003"):
         bundles.save_bundle(

@@ -64,5 +64,5 @@ def test_creditcard_loads_from_the_real_mirror(tmp_path):
         pytest.fail("set STREAMDETECT_DATA__MIRROR_DIR to the dataset mirror (make test does)")
     data = load_tabular("creditcard", DataStore(settings.data.data_dir, settings.data.mirror_dir, allow_download=False))
     assert len(data) == 284_807 and int(data.labels.sum()) == 492
-    assert list(data.features.columns) == [f"V{i}" for i in range(1, 29)] + ["Amount"]
+    assert list(data.features.columns) == [f"V{i}" for i in range(1, 29)] + ["Amount", "hour_sin", "hour_cos"]
     assert np.all(np.diff(data.extra["Time"].to_numpy()) >= 0)

@@ -180,9 +180,11 @@ def test_process_batch_builds_valid_alerts_scores_and_dead_letters(events, credi
         contributions = [f.contribution for f in alert.top_features]
         assert contributions == sorted(contributions, reverse=True)
         for reason in alert.top_features:  # values in raw units, exactly what the event carried
+            if reason.name in ("hour_sin", "hour_cos"):  # derived from event_time, not a field of the event
+                continue
             assert reason.value == pytest.approx(by_id[alert.event_id][reason.name], rel=1e-6, abs=1e-9)
         alerted.add(alert.event_id)
-    # the fixture's 2-epoch VAE catches 7 of these 20 frauds at a 1% false-alarm rate; a floor well above chance (1%)
+    # the fixture's 6-epoch VAE catches about half of these 20 frauds at a 1% false-alarm rate; a floor well above chance (1%)
     assert len(alerted & fraud_ids) >= 0.25 * len(fraud_ids), "the bundle should catch a quarter of these frauds"
     assert states[0].next_offset == (len(messages) + 1) // 2 and states[1].next_offset == len(messages) // 2
 

@@ -19,6 +19,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from offline.data.creditcard import hour_of_day_columns
 from streamdetect.feeds import Feed, numeric_columns
 
 PCA_COLUMNS = [f"V{i}" for i in range(1, 29)]
@@ -51,7 +52,17 @@ TransactionEvent: type[BaseModel] = create_model(
 
 
 def transaction_columns(events: Sequence[BaseModel]) -> dict[str, np.ndarray]:
-    return numeric_columns(events, NUMERIC_COLUMNS)
+    """The numeric fields plus the hour of day of ``event_time`` (UTC), as the bundle's schema expects."""
+    columns = numeric_columns(events, NUMERIC_COLUMNS)
+    hours = np.fromiter((_hour_of_day(e.event_time) for e in events), dtype=np.float64, count=len(events))
+    columns.update(hour_of_day_columns(hours))
+    return columns
+
+
+def _hour_of_day(when: dt.datetime) -> float:
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc)
+    return when.hour + when.minute / 60.0 + when.second / 3600.0 + when.microsecond / 3.6e9
 
 
 def events_from_dataset(data, index: np.ndarray) -> list[dict]:
