@@ -23,7 +23,7 @@ from offline.bundle import Bundle
 from streamdetect import scoring
 from streamdetect.feeds import Feed
 from streamdetect.records import alert_id
-from streamdetect.thresholds import PartitionState, apply_thresholds
+from streamdetect.thresholds import PartitionState, apply_thresholds, p_values
 
 
 @dataclass
@@ -59,6 +59,9 @@ class BatchOutput:
     scored: int = 0
     dead_by_reason: dict[str, int] = field(default_factory=dict)
     latency_ms_max: float = 0.0
+    warming: int = 0  # valid events a stateful feed could not score yet (e.g. a sensor's window is not full)
+    suppressed: int = 0  # alerts held back by the alert budget per key per hour
+    drift_events: list[dict] = field(default_factory=list)  # model-control messages (action "drift")
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -152,8 +155,12 @@ def process_batch(
     valid, invalid = validate(decoded, feed)
     dead += invalid
     X = np.empty((0, bundle.schema.n_features), np.float32)
-    if valid:
+    warming = 0
+    if valid and feed.stateful_columns is not None:
+        valid, columns, warming = _stateful_columns(feed, valid, bundle, states, new_state)
+    elif valid:
         columns = feed.columns([v.event for v in valid])
+    if valid:
         X, kept, rejected = scoring.featurize(bundle, columns)
         for row, error in rejected.items():
             dead.append(dead_letter(valid[row].record, feed.name, "featurize_error", error,
@@ -163,7 +170,7 @@ def process_batch(
         valid = [valid[i] for i in kept.tolist()]
     scores = scoring.score(bundle, X)
 
-    output = BatchOutput(scored=len(valid))
+    output = BatchOutput(scored=len(valid), warming=warming)
     for letter in dead:
         output.dead_by_reason[letter["reason"]] = output.dead_by_reason.get(letter["reason"], 0) + 1
     output.dead_letters = [orjson.dumps(letter) for letter in dead]
@@ -181,7 +188,17 @@ def process_batch(
         if state is None:
             state = states[partition] = new_state()
         keys = [feed.key_of(valid[r].event) for r in rows]
-        result = apply_thresholds(state, keys, scores[rows], bundle.calibration_scores, rate=rate)
+        state.observe_model(version)  # a swapped model starts its key levels and drift detectors afresh
+        times = [valid[r].event.event_time for r in rows]
+        result = apply_thresholds(state, keys, scores[rows], bundle.calibration_scores, rate=rate,
+                                  event_times=[t.timestamp() for t in times])
+        output.suppressed += result.suppressed
+        if state.drift is not None:  # drift is judged on the calibrated p-values, before any per-key adaptation
+            state.drift.feed = feed.name
+            raw = p_values(scores[rows], bundle.calibration_scores)
+            for event in state.drift.update_batch(keys, raw, model_version=version, partition=partition,
+                                                  event_times=[t.isoformat() for t in times]):
+                output.drift_events.append(event.to_message())
         for i in np.flatnonzero(result.alerted).tolist():
             alert_rows.append((rows[i], float(result.p_values[i]), float(result.thresholds[i])))
         if publish_scores:
@@ -209,6 +226,25 @@ def process_batch(
     stamps = [r.timestamp for r in records if r.timestamp]
     output.latency_ms_max = max(0.0, now * 1000 - min(stamps)) if stamps else 0.0
     return output
+
+
+def _stateful_columns(feed: Feed, valid: list, bundle: Bundle, states: dict[int, PartitionState], new_state):
+    """Featurize with per-partition feed state (``feed.stateful_columns``), partition by partition
+    in offset order; drops the events that are not ready (returned as a count)."""
+    by_partition: dict[int, list[int]] = {}
+    for row, item in enumerate(valid):
+        by_partition.setdefault(item.record.partition, []).append(row)
+    parts, order = [], []
+    for partition, rows in by_partition.items():
+        state = states.get(partition)
+        if state is None:
+            state = states[partition] = new_state()
+        columns, ready = feed.stateful_columns([valid[r].event for r in rows], state.feed_state, bundle)
+        parts.append((columns, ready))
+        order += [r for r, ok in zip(rows, ready.tolist()) if ok]
+    names = list(parts[0][0])
+    columns = {name: np.concatenate([c[name][ready] for c, ready in parts]) for name in names}
+    return [valid[r] for r in order], columns, len(valid) - len(order)
 
 
 def _scores_records(feed, version, valid, rows, scores, result, dead_letters, now, chunk) -> list[tuple[bytes, bytes]]:

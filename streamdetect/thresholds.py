@@ -79,12 +79,38 @@ class KeyLevel:
 
 
 class PartitionState:
-    """Per-key levels of one input partition, LRU-bounded, with the next offset to consume."""
+    """Per-key levels of one input partition, LRU-bounded, with the next offset to consume.
 
-    def __init__(self, *, window: int, warmup: int, max_keys: int = 100_000):
+    Also carries, all checkpointed with it: the feed's own state (``feed_state``, e.g. the sensor
+    windows), the alert budget per key per hour (``budget.AlertBudget``), the drift detectors per
+    key (``drift.DriftMonitor``, when configured) and the model version the levels belong to (a new
+    model has a new score scale: its levels and drift detectors start afresh).
+    """
+
+    def __init__(self, *, window: int, warmup: int, max_keys: int = 100_000,
+                 budget_per_hour: float | None = None, drift: dict | None = None):
+        from streamdetect.budget import AlertBudget
+        from streamdetect.drift import DriftMonitor
+
         self.window, self.warmup, self.max_keys = window, warmup, max_keys
         self.keys: OrderedDict[str, KeyLevel] = OrderedDict()
         self.next_offset: int | None = None
+        self.feed_state: dict = {}
+        self.budget = AlertBudget(per_hour=budget_per_hour, max_keys=max_keys)
+        self.drift_params = drift
+        self.drift = DriftMonitor("", **drift) if drift is not None else None
+        self.model_version: str | None = None
+
+    def observe_model(self, version: str) -> bool:
+        """Start the key levels and drift detectors afresh when the model changes; True if it did."""
+        if self.model_version == version:
+            return False
+        if self.model_version is not None:
+            self.keys.clear()
+            if self.drift is not None:
+                self.drift.keys.clear()
+        self.model_version = version
+        return True
 
     def factors(self, keys: Sequence[str], calibration_median: float) -> dict[str, float]:
         """Level factor per distinct key in ``keys`` (1 for unknown or warming-up keys)."""
@@ -113,13 +139,23 @@ class PartitionState:
             "warmup": self.warmup,
             "next_offset": self.next_offset,
             "keys": {key: {"count": level.count, "values": list(level.values)} for key, level in self.keys.items()},
+            "feed_state": self.feed_state,
+            "budget": self.budget.to_dict(),
+            "drift": self.drift.to_dict() if self.drift is not None else None,
+            "model_version": self.model_version,
         }
 
     @classmethod
-    def from_dict(cls, data: dict, *, window: int, warmup: int, max_keys: int = 100_000) -> "PartitionState":
+    def from_dict(cls, data: dict, *, window: int, warmup: int, max_keys: int = 100_000,
+                  budget_per_hour: float | None = None, drift: dict | None = None) -> "PartitionState":
         """Restore; the configured window and warm-up win over the checkpoint's (settings may change)."""
-        state = cls(window=window, warmup=warmup, max_keys=max_keys)
+        state = cls(window=window, warmup=warmup, max_keys=max_keys, budget_per_hour=budget_per_hour, drift=drift)
         state.next_offset = data.get("next_offset")
+        state.feed_state = data.get("feed_state") or {}
+        state.budget.load(data.get("budget"))
+        if state.drift is not None:
+            state.drift.load(data.get("drift"))
+        state.model_version = data.get("model_version")
         for key, level in data.get("keys", {}).items():
             state.keys[key] = KeyLevel(window, level["values"][-window:], int(level["count"]))
         while len(state.keys) > max_keys:
@@ -133,12 +169,17 @@ class ThresholdResult:
     alerted: np.ndarray  # bool
     thresholds: np.ndarray  # score threshold each event was held to (calibrated threshold x key factor)
     factors: np.ndarray
+    suppressed: int = 0  # alerts the key's budget did not allow
 
 
 def apply_thresholds(
-    state: PartitionState, keys: Sequence[str], scores: np.ndarray, calibration_sorted: np.ndarray, *, rate: float
+    state: PartitionState, keys: Sequence[str], scores: np.ndarray, calibration_sorted: np.ndarray, *, rate: float,
+    event_times: Sequence[float] | None = None,
 ) -> ThresholdResult:
-    """p-values and alert decisions of one partition's batch, then fold the batch into ``state``."""
+    """p-values and alert decisions of one partition's batch, then fold the batch into ``state``.
+
+    With ``event_times`` (unix seconds) and a budget configured, alerts beyond a key's budget per
+    hour are suppressed (``result.suppressed``)."""
     scores = np.asarray(scores, dtype=np.float64)
     calibration_median = max(float(np.median(calibration_sorted)), 1e-12)
     by_key = state.factors(keys, calibration_median)
@@ -146,4 +187,10 @@ def apply_thresholds(
     p = p_values(scores / factors, calibration_sorted)
     thresholds = score_threshold(calibration_sorted, rate) * factors
     state.update(keys, scores)
-    return ThresholdResult(p_values=p, alerted=p < rate, thresholds=thresholds, factors=factors)
+    alerted = p < rate
+    suppressed = 0
+    if event_times is not None and state.budget.per_hour is not None and alerted.any():
+        allowed = state.budget.allow(keys, alerted, event_times)
+        suppressed = int(alerted.sum() - allowed.sum())
+        alerted = allowed
+    return ThresholdResult(p_values=p, alerted=alerted, thresholds=thresholds, factors=factors, suppressed=suppressed)

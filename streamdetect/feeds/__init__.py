@@ -32,6 +32,9 @@ class Feed:
     columns: Callable[[Sequence[BaseModel]], dict[str, np.ndarray]]
     dataset: str | None = None  # benchmark dataset the replay tool records events from
     events_from_dataset: Callable[["TabularData", np.ndarray], list[dict]] | None = None
+    #: feeds whose features need per-partition state (e.g. sliding windows): (events, feed_state, bundle)
+    #: -> (columns, ready); ``feed_state`` is a JSON-able dict checkpointed with the partition state
+    stateful_columns: Callable[[Sequence[BaseModel], dict, object], tuple[dict[str, np.ndarray], np.ndarray]] | None = None
 
     def topic(self, settings: "Settings") -> str:
         return getattr(settings.topics, self.topic_setting)

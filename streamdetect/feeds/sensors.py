@@ -80,8 +80,14 @@ def featurize_windows(
 
 
 def stateful_columns(events: Sequence[SensorEvent], feed_state: dict, bundle) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The pipeline's hook: windows with the bundle's window configuration and sensor statistics."""
-    return featurize_windows(events, feed_state, WindowConfig.of_bundle(bundle), stats_of_bundle(bundle))
+    """The pipeline's hook: windows with the bundle's window configuration and sensor statistics.
+
+    A reading with the wrong number of channels for the model is returned as ready with NaN
+    features, so that the pipeline dead-letters it (``featurize_error``) instead of skipping it."""
+    config = WindowConfig.of_bundle(bundle)
+    columns, ready = featurize_windows(events, feed_state, config, stats_of_bundle(bundle))
+    wrong_shape = np.fromiter((len(e.values) != config.channels for e in events), dtype=bool, count=len(events))
+    return columns, ready | wrong_shape
 
 
 def sensor_columns(events: Sequence[SensorEvent]) -> dict[str, np.ndarray]:
@@ -109,4 +115,5 @@ FEED = Feed(
     columns=sensor_columns,
     dataset="nab",
     events_from_dataset=events_from_dataset,
+    stateful_columns=stateful_columns,
 )
