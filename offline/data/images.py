@@ -22,6 +22,7 @@ archive generated in the same format (``tests/test_images_data.py``).
 
 from __future__ import annotations
 
+import _codecs
 import gzip
 import hashlib
 import io
@@ -184,6 +185,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             return _reconstruct
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
+        if module == "_codecs" and name == "encode":  # how Python 3 writes bytes at pickle protocol 2
+            return _codecs.encode
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
             raise pickle.UnpicklingError("numpy scalars are not expected in CIFAR batches")
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a data file")

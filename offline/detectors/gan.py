@@ -827,6 +827,7 @@ class ConditionalVAEDetector(_Conditional):
     smallest squared reconstruction error over the seen classes."""
 
     name = "cvae"
+    explains = False
     net_names = ("V",)
 
     def __init__(self, *, beta: float = 1.0, **common):

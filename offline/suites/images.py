@@ -17,7 +17,8 @@ oracle best-F1 threshold, named as such. Per-run wall time: ``train_seconds`` an
 Options (``--option key=value``): ``datasets`` (list), ``classes`` (list), ``protocols`` (list),
 ``epochs`` (int: overrides the preset; a run with fewer than the full recipe's 50 epochs is
 written with ``preset=reduced``, never ``full``), ``train_limit``/``test_limit`` (ints; also
-``reduced``), ``anomaly_fraction`` (float, default 0.05), ``threads`` (torch threads, default 1).
+``reduced``), ``anomaly_fraction`` (float, default 0.05), ``threads`` (torch threads, default 1),
+``params`` (JSON object model -> hyperparameter overrides, e.g. ``{"anogan": {"search_steps": 20}}``).
 
 Each run's core is :func:`run_one`, a plain function.
 """
@@ -90,7 +91,7 @@ def is_reduced(preset: str, epochs: int | None, train_limit, test_limit) -> bool
 
 def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed: int, preset: str, *, epochs: int | None = None,
             train_limit: int | None = None, test_limit: int | None = None, anomaly_fraction: float = DEFAULT_ANOMALY_FRACTION,
-            progress: bool = False) -> tuple[list[dict], dict]:
+            params: dict | None = None, progress: bool = False) -> tuple[list[dict], dict]:
     """One run -> (CSV rows, one per threshold rule; artefacts: scores, labels, detector, split)."""
     if preset == "quick":
         train_limit, test_limit = train_limit or QUICK_TRAIN_IMAGES, test_limit or QUICK_TEST_IMAGES
@@ -111,7 +112,7 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
         calibration, scores = rng.random(len(split.x_calibration)), rng.random(len(split.x_test))
         seconds, score_seconds, epochs_run = 0.0, time.perf_counter() - start, 0
     else:
-        overrides = {"progress": progress, **({"epochs": epochs} if epochs is not None else {})}
+        overrides = {"progress": progress, **({"epochs": epochs} if epochs is not None else {}), **(params or {})}
         params = detector_params(model, preset, seed, overrides)
         detector, seconds = fit_detector(model, params, split.x_train, **fit_kwargs)
         start = time.perf_counter()
@@ -194,7 +195,8 @@ def run(ctx) -> None:
         if dataset not in loaded:
             loaded[dataset] = load_images(dataset, ctx.store)
         rows, artefacts = run_one(loaded[dataset], protocol, model, target_class, seed, ctx.preset, epochs=epochs,
-                                  train_limit=train_limit, test_limit=test_limit, anomaly_fraction=fraction)
+                                  train_limit=train_limit, test_limit=test_limit, anomaly_fraction=fraction,
+                                  params=dict(options.get("params", {})).get(model))
         for row in rows:
             ctx.results.append(row)
         log.info("images %s %s %s class %d seed %d: AUROC %.4f (train %.0fs, score %.0fs)", dataset, protocol, model, target_class,

@@ -1,0 +1,119 @@
+"""Every image model under its quick preset: trains a few steps on MNIST digit 1, scores digit 0
+higher (an easy pair), survives a tensors-only round trip, and picks its architecture from the
+input's shape (conv for (N, C, H, W), MLP for rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
+
+from offline.detectors import REGISTRY, make_detector
+from offline.image_training import detector_params
+
+IMAGE_MODELS = ["ae", "vae", "dcgan", "anogan", "egbad", "ganomaly", "fanogan", "twodisc", "cgan", "cvae"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared cores: one thread is several times faster than two contended ones
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits(settings, tmp_path_factory):
+    from offline.data.images import load_images
+    from offline.data.store import DataStore
+
+    if settings.data.mirror_dir is None or not (Path(settings.data.mirror_dir) / "mnist").exists():
+        pytest.skip("STREAMDETECT_DATA__MIRROR_DIR does not point at the data mirror")
+    data = load_images("mnist", DataStore(tmp_path_factory.mktemp("cache"), settings.data.mirror_dir, allow_download=False), limit=6000)
+    ones, zeros = data.x_train[data.y_train == 1], data.x_train[data.y_train == 0]
+    test = np.concatenate([data.x_test[data.y_test == 1][:100], data.x_test[data.y_test == 0][:100]])
+    return {"train": ones[:400], "anomalies": zeros[:40], "test": test, "labels": np.r_[np.zeros(100), np.ones(100)]}
+
+
+def _fit(model: str, X, **fit_kwargs):
+    detector = make_detector(model, **detector_params(model, "quick", seed=0, overrides={"progress": False}))
+    if model in ("cgan", "cvae"):
+        fit_kwargs.setdefault("y", np.ones(len(X), dtype=np.int64))
+    return detector.fit(X, **fit_kwargs)
+
+
+@pytest.mark.parametrize("model", IMAGE_MODELS)
+def test_quick_preset_separates_an_easy_pair_and_round_trips(model, digits, tmp_path):
+    assert model in REGISTRY
+    detector = _fit(model, digits["train"])
+    scores = detector.score(digits["test"])
+    assert scores.shape == (200,) and np.isfinite(scores).all()
+    auroc = roc_auc_score(digits["labels"], scores)
+    assert auroc > 0.8, f"{model}: AUROC {auroc:.3f} on digit 1 (normal) vs digit 0"
+    # tensors only, through a safetensors file, gives the same scores
+    save_file(detector.state_tensors(), str(tmp_path / "m.safetensors"))
+    params = {**detector.get_params(), "progress": False}
+    loaded = type(detector).from_state(params, load_file(str(tmp_path / "m.safetensors")), n_features=None)
+    np.testing.assert_allclose(loaded.score(digits["test"][:20]), scores[:20], rtol=1e-4, atol=1e-5)
+    if detector.explains:
+        assert detector.explain(digits["test"][:3]).shape == (3, 1, 28, 28)
+
+
+def test_twodisc_imbalanced_uses_the_labelled_anomalies(digits):
+    detector = _fit("twodisc", digits["train"], X_anomalous=digits["anomalies"])
+    assert detector.saw_anomalies
+    auroc = roc_auc_score(digits["labels"], detector.score(digits["test"]))
+    assert auroc > 0.8
+    # D_a has seen zeros as anomalies: it gives them a higher anomaly probability than ones
+    p = detector.anomaly_probability(digits["test"])
+    assert p[100:].mean() > p[:100].mean()
+    grid = detector.expected(digits["test"][:4])
+    assert grid.shape == (4, 1, 28, 28) and 0 <= grid.min() and grid.max() <= 1
+
+
+def test_generators_sample_images_in_range(digits):
+    vae = _fit("vae", digits["train"])
+    assert vae.sample(6).shape == (6, 1, 28, 28)
+    cvae = make_detector("cvae", **detector_params("cvae", "quick", 0, {"progress": False}))
+    labels = np.r_[np.ones(200), np.zeros(40)].astype(np.int64)
+    cvae.fit(np.concatenate([digits["train"][:200], digits["anomalies"]]), y=labels)
+    zeros, ones = cvae.sample(8, labels=0), cvae.sample(8, labels=1)
+    assert zeros.shape == (8, 1, 28, 28) and 0 <= zeros.min() and zeros.max() <= 1
+    assert zeros.mean() > ones.mean()  # a zero has more ink than a one: the label steers the sample
+
+
+@pytest.mark.parametrize("model", ["egbad", "ganomaly", "anogan", "fanogan", "dcgan"])
+def test_rows_build_mlp_networks(model):
+    from offline.models.gan_tabular import MLPGenerator
+
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(600, 12)).astype(np.float32)
+    shifted = (rng.normal(size=(100, 12)) + 4).astype(np.float32)
+    params = {"epochs": 4, "progress": False, **({"search_steps": 10} if model == "anogan" else {})}
+    detector = make_detector(model, **params).fit(normal)
+    generator = detector.nets.get("G", detector.nets.get("GD"))
+    assert isinstance(generator, MLPGenerator)
+    scores = detector.score(np.concatenate([normal[:100], shifted]))
+    assert scores.shape == (200,)
+    if model != "dcgan":  # the bare discriminator score is not a reliable detector; the others are
+        assert roc_auc_score(np.r_[np.zeros(100), np.ones(100)], scores) > 0.9
+    if detector.explains:
+        assert detector.explain(normal[:5]).shape == (5, 12)
+
+
+def test_images_build_conv_networks_and_3d_input_is_one_channel(digits):
+    from offline.models.images import ConvEncoder
+
+    detector = make_detector("ganomaly", max_steps=2, base_channels=8, progress=False).fit(digits["train"][:64, 0])
+    assert isinstance(detector.nets["GE"], ConvEncoder) and detector.input_shape == (1, 28, 28)
+    with pytest.raises(ValueError, match="trained on inputs of shape"):
+        detector.score(np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_twodisc_refuses_rows():
+    with pytest.raises(ValueError, match="image model"):
+        make_detector("twodisc", progress=False).fit(np.zeros((8, 4), np.float32))
