@@ -25,6 +25,12 @@ _FULL: dict[tuple[str, str], dict] = {
     ("ae", "kddcup99"): {"epochs": 30, "batch_size": 256, "lr": 1e-3, "patience": 5},
     ("vae", "kddcup99"): {"epochs": 30, "batch_size": 256, "lr": 1e-3, "patience": 5},
     ("knn", "kddcup99"): {"k": 1},
+    # GAN family (offline/detectors/gan.py) on rows: not tuned here; fewer, larger steps than the
+    # image defaults so that a run fits the CPU budget
+    ("egbad", "kddcup99"): {"epochs": 15, "batch_size": 128},
+    ("ganomaly", "kddcup99"): {"epochs": 15, "batch_size": 128},
+    ("egbad", "nsl-kdd"): {"epochs": 15, "batch_size": 128},
+    ("ganomaly", "nsl-kdd"): {"epochs": 15, "batch_size": 128},
     # NSL-KDD: not tuned (its only labelled anomalies are test rows); larger batches for speed
     ("ae", "nsl-kdd"): {"epochs": 30, "batch_size": 512, "lr": 2e-3, "patience": 5},
     ("vae", "nsl-kdd"): {"epochs": 30, "batch_size": 512, "lr": 2e-3, "patience": 5},
