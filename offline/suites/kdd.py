@@ -226,10 +226,15 @@ def tables(rows: pd.DataFrame) -> str:
         )
     best = summary.index[0]
     best_f1 = summary["f1"].iloc[0]
+    # the rule flags 20% of the test half while normal. rows are ~19.7% of it: a perfect ranking
+    # still flags some attacks, which caps precision (and F1) below 1
+    cap_precision = (main["test_anomalies"] / np.ceil(TOP_FRACTION * main["test_rows"])).clip(upper=1.0).mean()
     lines += [
         "",
-        f"Best here: `{best}`, F1 {best_f1:.4f} (mean over {main[main['model'] == best]['seed'].nunique()} seeds) "
-        f"{'above' if best_f1 > TARGET_TO_BEAT else 'below'} the survey's EGBAD/BiGAN {TARGET_TO_BEAT:.4f}.",
+        f"Best here: `{best}`, F1 {best_f1:.4f} (mean over {main[main['model'] == best]['seed'].nunique()} seed(s)), "
+        f"{'above' if best_f1 > TARGET_TO_BEAT else 'below'} the survey's EGBAD/BiGAN {TARGET_TO_BEAT:.4f}. "
+        f"A perfect ranking would reach precision {cap_precision:.4f}, recall 1 and F1 {2 * cap_precision / (1 + cap_precision):.4f} "
+        "under this rule (20% flagged, fewer than 20% `normal.` rows).",
         "",
         "Published figures on the same protocol (precision / recall / F1 of the `normal.` class):",
         "",
