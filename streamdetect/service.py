@@ -134,6 +134,9 @@ class Metrics:
         self.last_batch_seconds = 0.0
         self.busy_seconds = 0.0  # time spent handling batches: scored / busy_seconds = scoring capacity
         self.commit_failures = 0
+        # seconds per stage (fetch, decode, validate, featurize, score, threshold, outputs, publish, commit):
+        # divided by ``events`` they name the bottleneck (python -m streamdetect.bench reports them per 1k events)
+        self.stage_seconds: dict[str, float] = defaultdict(float)
 
     def as_dict(self) -> dict[str, Any]:
         uptime = time.time() - self.started
@@ -143,6 +146,7 @@ class Metrics:
             "last_batch_latency_ms": round(self.last_batch_latency_ms, 1),
             "last_batch_seconds": round(self.last_batch_seconds, 4), "busy_seconds": round(self.busy_seconds, 3),
             "commit_failures": self.commit_failures,
+            "stage_seconds": {name: round(seconds, 4) for name, seconds in self.stage_seconds.items()},
         }
 
 
@@ -225,11 +229,13 @@ class BatchScorer(Service):
         await self.consumer.start()
         log.info("batch scorer: consuming %s as group %s", ", ".join(self.feeds), self.settings.kafka.consumer_group)
         while not self.should_stop:
+            fetch_started = time.perf_counter()
             try:
                 batch = await self.consumer.getmany(timeout_ms=max(scoring.linger_ms, 10), max_records=scoring.batch_size)
             except ConsumerStoppedError:
                 break
             if batch:
+                self.metrics.stage_seconds["fetch"] += time.perf_counter() - fetch_started
                 async with self.lock:
                     await self._handle(batch)
             elif time.monotonic() - self.last_checkpoint > scoring.checkpoint_interval_s:
@@ -254,6 +260,7 @@ class BatchScorer(Service):
             by_topic[tp.topic].extend(records)
             commit[tp] = records[-1].offset + 1
         futures = []
+        publish_seconds = 0.0
         scoring, topics = self.settings.scoring, self.settings.topics
         for topic, records in by_topic.items():
             feed = self.feeds[topic]
@@ -264,23 +271,31 @@ class BatchScorer(Service):
                 rate=scoring.target_false_alarm_rate, max_event_bytes=scoring.max_event_bytes,
                 top_k=scoring.top_features, publish_scores=scoring.publish_scores,
             )
+            publishing = time.perf_counter()
             send = self.producer.send
             futures += [await send(topics.alerts, value, key=key) for key, value in output.alerts]
             futures += [await send(topics.scores, value, key=key) for key, value in output.scores]
             futures += [await send(topics.deadletter, value) for value in output.dead_letters]
+            publish_seconds += time.perf_counter() - publishing
             self.metrics.events += len(records)
             self.metrics.scored += output.scored
             self.metrics.alerts += len(output.alerts)
             for reason, count in output.dead_by_reason.items():
                 self.metrics.dead_letters[reason] += count
             self.metrics.last_batch_latency_ms = output.latency_ms_max
+            for stage, seconds in getattr(output, "stage_seconds", {}).items():
+                self.metrics.stage_seconds[stage] += seconds
+        publishing = time.perf_counter()
         await asyncio.gather(*futures)  # every output acknowledged ...
+        committing = time.perf_counter()
+        self.metrics.stage_seconds["publish"] += publish_seconds + committing - publishing
         await self._checkpoint_due()  # ... state checkpointed (at most every checkpoint_interval_s) ...
         try:  # ... and only then the input offsets committed
             await self.consumer.commit(commit)
         except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: they are reprocessed
             self.metrics.commit_failures += 1
             log.warning("offset commit failed (%s); the batch will be reprocessed by the partitions' new owner", exc)
+        self.metrics.stage_seconds["commit"] += time.perf_counter() - committing
         self.metrics.batches += 1
         self.metrics.last_batch_seconds = time.perf_counter() - started
         self.metrics.busy_seconds += self.metrics.last_batch_seconds
