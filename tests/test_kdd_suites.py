@@ -69,8 +69,9 @@ def test_kdd_suite_quick_run_writes_rows_and_the_best_model_is_sane(store, tmp_p
     assert set(rows["model"]) == set(FAST_MODELS) and set(rows["threshold_rule"]) == {"top-20pct", "oracle-best-f1"}
     assert (rows["dataset"] == "kddcup99").all() and (rows["preset"] == "quick").all()
     top = rows[rows["threshold_rule"] == "top-20pct"]
-    # the protocol flags the top 20% of the test half: ~4,000 of 20,000 rows
-    assert top["flagged"].between(0.18 * 20_000, 0.201 * 20_000).all()
+    # the protocol flags the top 20% of the test half: at most ~4,000 of 20,000 rows (fewer where
+    # identical rows tie at the threshold, as the repeated smurf records do)
+    assert top["flagged"].le(0.201 * 20_000).all() and top["flagged"].max() >= 0.19 * 20_000
     assert top["f1"].max() > 0.85 and top["auroc"].max() > 0.95
     assert top["val_f1"].notna().all()
     assert not top.set_index("model").loc["iforest", "distinct_train_rows"] and top.set_index("model").loc["knn", "distinct_train_rows"]
