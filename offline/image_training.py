@@ -47,8 +47,8 @@ _QUICK: dict[str, dict] = {
     "cvae": {"max_steps": 40, "batch_size": 32, "base_channels": 16},
 }
 _FULL: dict[str, dict] = {
-    "ae": {"epochs": FULL_EPOCHS, "latent_dim": 16, "patience": 10},
-    "vae": {"epochs": FULL_EPOCHS, "latent_dim": 16, "patience": 10},
+    "ae": {"epochs": FULL_EPOCHS, "latent_dim": 16, "batch_size": 64, "patience": 10},
+    "vae": {"epochs": FULL_EPOCHS, "latent_dim": 16, "batch_size": 64, "patience": 10},
     "anogan": {"epochs": FULL_EPOCHS, "search_steps": 100},
     "fanogan": {"epochs": FULL_EPOCHS, "encoder_epochs": FULL_EPOCHS},
 }

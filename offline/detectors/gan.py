@@ -89,6 +89,8 @@ class GenerativeDetector(Detector):
         self.nets: dict[str, nn.Module] = {}
         self.history: list[dict] = []
         self.input_shape: tuple[int, ...] | None = None
+        #: optional ``callback(detector, history_row)`` after every epoch (networks in eval mode); not a hyperparameter
+        self.on_epoch_end: Callable[["GenerativeDetector", dict], None] | None = None
 
     # -- hyperparameters over the class hierarchy ------------------------------------------
     def get_params(self) -> dict:
@@ -204,6 +206,12 @@ class GenerativeDetector(Detector):
                     break
             row = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()}}
             history.append(row)
+            if self.on_epoch_end is not None:  # e.g. the GAN-vs-VAE harness measures every epoch
+                for net in self.nets.values():
+                    net.eval()
+                self.on_epoch_end(self, row)
+                for net in self.nets.values():
+                    net.train()
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "epoch"})
             if self.max_steps is not None and steps >= self.max_steps:
                 break
