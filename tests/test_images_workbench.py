@@ -73,7 +73,7 @@ def test_run_one_protocols_and_columns(mnist):
     assert rows[0]["preset"] == "reduced" and rows[0]["epochs"] == 1  # never called full
     assert rows[0]["test_rows"] == 400 and 0 < rows[0]["test_anomalies"] < 400
     assert art["labels"].sum() == rows[0]["test_anomalies"]
-    rows, _ = run_one(mnist, "imbalanced", "twodisc", 1, 0, "quick", anomaly_fraction=0.1)
+    rows, _ = run_one(mnist, "imbalanced", "twodisc", 1, 0, "quick", anomaly_fraction=0.1, train_limit=300, test_limit=400)
     assert rows[0]["anomaly_fraction"] == 0.1 and rows[0]["auroc"] > 0.8
     with pytest.raises(ValueError, match="twodisc only"):
         run_one(mnist, "imbalanced", "vae", 1, 0, "quick")
@@ -86,7 +86,8 @@ def test_suite_appends_resumes_and_draws_tables(store, tmp_path):
     def ctx():
         return SuiteContext(suite="images", results=ResultsFile(tmp_path / "images.csv", suite.EXTRA_COLUMNS), store=store,
                             preset="quick", seeds=[0], models=["random", "twodisc"], figures_dir=tmp_path / "fig",
-                            options={"datasets": ["mnist"], "classes": [1], "protocols": ["one-class", "imbalanced"]})
+                            options={"datasets": ["mnist"], "classes": [1], "protocols": ["one-class", "imbalanced"],
+                                     "train_limit": 256, "test_limit": 300})
 
     suite.run(ctx())
     rows = pd.read_csv(tmp_path / "images.csv", dtype={"target_class": str})
