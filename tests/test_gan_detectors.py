@@ -117,3 +117,23 @@ def test_images_build_conv_networks_and_3d_input_is_one_channel(digits):
 def test_twodisc_refuses_rows():
     with pytest.raises(ValueError, match="image model"):
         make_detector("twodisc", progress=False).fit(np.zeros((8, 4), np.float32))
+
+
+@pytest.mark.parametrize("model", ["egbad", "ganomaly"])
+def test_tabular_gan_detectors_go_into_a_bundle(model, tmp_path):
+    import pandas as pd
+
+    from offline import bundle as bundles
+    from offline.features import FeatureSchema
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(400, 5)), columns=list("abcde"))
+    schema = FeatureSchema.fit(frame, numeric=list("abcde"))
+    X, _ = schema.transform(frame)
+    detector = make_detector(model, epochs=2, progress=False).fit(X)
+    directory = bundles.save_bundle(
+        tmp_path / "v0001", detector=detector, schema=schema, calibration_scores=detector.score(X[:100]), feed="access-logs",
+        dataset="synthetic", score_definition="test", training_fingerprint=bundles.array_fingerprint(X),
+    )
+    loaded = bundles.load_bundle(directory)
+    np.testing.assert_allclose(loaded.detector.score(X[:20]), detector.score(X[:20]), rtol=1e-4, atol=1e-5)
