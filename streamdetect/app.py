@@ -17,8 +17,10 @@ import logging
 
 import faust
 import orjson
+from mode import Service
 
 from streamdetect.broker import client_kwargs, ensure_topics, faust_broker_config, redacted, resolve_bootstrap
+from streamdetect.retrain import LOOP_ACTIONS, Retrainer
 from streamdetect.service import BatchScorer, Metrics, ModelHolder
 from streamdetect.settings import get_settings
 
@@ -67,6 +69,40 @@ class ScoreFeeds(BatchScorer):
         super().__init__(settings, kafka_kwargs, models, metrics, **kwargs)
         ScoreFeeds.instance = self
 
+    def state_options(self) -> dict:
+        """Alert budget per key per hour and drift detectors of every partition state."""
+        drift = settings.drift
+        return {
+            "budget_per_hour": settings.scoring.alert_budget_per_hour,
+            "drift": {"detector": drift.detector, "delta": drift.delta, "alpha": drift.alpha,
+                      "min_events": drift.min_events, "cooldown": drift.cooldown} if drift.enabled else None,
+        }
+
+    def new_state(self):
+        state = super().new_state()
+        state.reconfigure(**self.state_options())
+        return state
+
+    async def on_assigned(self, assigned) -> None:
+        await super().on_assigned(assigned)
+        async with self.lock:  # restored states: the configured budget and drift settings
+            for states in self.states.values():
+                for state in states.values():
+                    state.reconfigure(**self.state_options())
+
+    @Service.timer(0.5)
+    async def _publish_drift(self) -> None:
+        """Drift events found while scoring (``pipeline``) -> ``model-control``, keyed by feed."""
+        messages = []
+        async with self.lock:
+            for states in self.states.values():
+                for state in states.values():
+                    if state.drift is not None and state.drift.outbox:
+                        messages += state.drift.outbox
+                        state.drift.outbox = []
+        for message in messages:
+            await control_topic.send(key=message["feed"].encode(), value=orjson.dumps(message))
+
 
 @app.agent(control_topic)
 async def apply_control(messages):
@@ -84,7 +120,30 @@ async def apply_control(messages):
         if not isinstance(message, dict):
             log.error("model-control: expected a JSON object, got %r", message)
             continue
+        if message.get("action") in LOOP_ACTIONS:
+            continue  # the retrain loop's own messages: the ``retrain`` agent reads them
         log.info("model-control: %s", await asyncio.to_thread(models.apply_control, message))
+
+
+async def _publish_control(message: dict) -> None:
+    await control_topic.send(key=str(message.get("feed", "")).encode(), value=orjson.dumps(message))
+
+
+retrainer = Retrainer(settings, kafka_kwargs, _publish_control)
+
+
+@app.agent(control_topic)
+async def retrain(messages):
+    """Drift -> retrain -> shadow -> promote (``retrain.py``): ``drift`` messages from the scorers and
+    manual ``{action: retrain, feed}`` requests start a retrain of the feed (training in a
+    separate process); every step is published back on ``model-control``."""
+    async for raw in messages:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue  # apply_control logs it
+        if isinstance(message, dict) and message.get("action") in ("drift", "retrain"):
+            log.info("model-control: %s", retrainer.trigger(message))
 
 
 def _status() -> dict:
@@ -94,6 +153,7 @@ def _status() -> dict:
         "broker": {"bootstrap": broker.bootstrap, "kind": broker.kind},
         "models": models.versions(),
         "refused": models.refused,
+        "retrain": list(retrainer.history)[-10:],
         "ready": bool(scorer and scorer.ready),
         "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in scorer.consumer.assignment())
         if scorer and scorer.consumer and scorer.ready else [],

@@ -129,6 +129,7 @@ class DriftMonitor:
     def __init__(self, feed: str, *, max_keys: int = 10_000, **detector_params):
         self.feed, self.max_keys, self.params = feed, max_keys, detector_params
         self.keys: OrderedDict[str, PValueDrift] = OrderedDict()
+        self.outbox: list[dict] = []  # drift messages not yet published (the worker drains it; not checkpointed)
 
     def _get(self, key: str) -> PValueDrift:
         detector = self.keys.pop(key, None) or PValueDrift(**self.params)
@@ -148,6 +149,7 @@ class DriftMonitor:
                 log.warning("drift on %s key %r (model %s): %s", self.feed, key, model_version, evidence)
                 events.append(DriftEvent(self.feed, key, model_version,
                                          None if event_times is None else event_times[i], partition, evidence))
+                self.outbox.append(events[-1].to_message())
         return events
 
     def to_dict(self) -> dict:

@@ -28,6 +28,7 @@ deterministic and fast; the integration tests cover the transport.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from offline.detectors.base import Detector, as_float32
 from offline.features import FeatureSchema
 from offline.suites.nab import EXTRA_COLUMNS, PROTOCOL, overall, window_metrics
 from offline.train import fit_model
-from offline.windows import MANIFEST_KEY, WindowConfig, window_frame
+from offline.windows import MANIFEST_KEY, STATS_KEY, WindowConfig, fit_sensor_stats, window_frame
 from streamdetect import pipeline
 from streamdetect.feeds import get_feed
 from streamdetect.pipeline import InputRecord
@@ -61,7 +62,7 @@ AE_PARAMS = {
     "quick": {"hidden": [32], "latent_dim": 4, "epochs": 15, "batch_size": 64, "patience": 3, "lr": 3e-3},
     "full": {"hidden": [64, 32], "latent_dim": 4, "epochs": 80, "batch_size": 64, "patience": 8, "lr": 1e-3},
 }
-HST_PARAMS = {"n_trees": 25, "height": 15, "window_size": 250}
+HST_PARAMS = {"n_trees": 10, "height": 8, "window_size": 250}  # river's defaults
 TARGET_RATE = 0.01
 #: threshold rules: p < target rate, then at most this many alerts per sensor per hour (token bucket)
 BUDGETS = {"p<0.01+budget-0.25/h": 0.25, "p<0.01+budget-1/h": 1.0}
@@ -105,14 +106,17 @@ class StreamingHST(Detector):
         return out
 
 
-def _probation_windows(series: NABSeries) -> pd.DataFrame:
-    frame, ready = window_frame([series.sensor_id] * series.probation, series.values[: series.probation], WINDOW)
-    return frame[ready].reset_index(drop=True)
+def _probation_windows(series: NABSeries) -> tuple[pd.DataFrame, dict]:
+    """The probationary period's windows, standardised with its robust per-sensor statistics."""
+    ids, values = [series.sensor_id] * series.probation, series.values[: series.probation]
+    stats = fit_sensor_stats(ids, values)
+    frame, ready = window_frame(ids, values, WINDOW, stats=stats)
+    return frame[ready].reset_index(drop=True), stats
 
 
 def train_ae(series: NABSeries, preset: str, seed: int, registry: Path) -> tuple[Bundle, float]:
     """Windowed AE on the probationary windows, cross-fitted calibration, saved as a bundle."""
-    windows = _probation_windows(series)
+    windows, stats = _probation_windows(series)
     names = WINDOW.names()
     params = {**AE_PARAMS[preset], "seed": seed, "progress": False}
     half = len(windows) // 2
@@ -133,18 +137,20 @@ def train_ae(series: NABSeries, preset: str, seed: int, registry: Path) -> tuple
         score_definition="squared reconstruction error of the sensor window (per-sensor standardised)",
         training_fingerprint=final.training_fingerprint,
         metrics={"train_windows": len(windows), "calibration": "cross-fitted on two halves of the probationary windows"},
-        extra={MANIFEST_KEY: WINDOW.to_dict(), "target_false_alarm_rate": TARGET_RATE, "seed": seed},
+        extra={MANIFEST_KEY: WINDOW.to_dict(), STATS_KEY: stats, "target_false_alarm_rate": TARGET_RATE, "seed": seed},
     )
     return bundles.load_bundle(directory), train_seconds
 
 
 def hst_bundle(series: NABSeries, seed: int) -> tuple[Bundle, float]:
     """An in-memory bundle around a streaming HST (its state is not tensors: it never goes to disk)."""
-    windows = _probation_windows(series)
+    windows, stats = _probation_windows(series)
     started = time.perf_counter()
-    detector = StreamingHST(**HST_PARAMS, seed=seed).fit(windows.to_numpy(np.float32))
+    # river's reference window must fill before HST scores anything: short probations get a shorter one
+    params = {**HST_PARAMS, "window_size": min(HST_PARAMS["window_size"], max(10, len(windows) // 3))}
+    detector = StreamingHST(**params, seed=seed).fit(windows.to_numpy(np.float32))
     schema = FeatureSchema(numeric=WINDOW.names(), mean=[0.0] * len(WINDOW.names()), std=[1.0] * len(WINDOW.names()))
-    manifest = {"version": "hst", "model": {"name": "hst", "params": HST_PARAMS}, "extra": {MANIFEST_KEY: WINDOW.to_dict()}}
+    manifest = {"version": "hst", "model": {"name": "hst", "params": params}, "extra": {MANIFEST_KEY: WINDOW.to_dict(), STATS_KEY: stats}}
     return Bundle(Path("."), manifest, detector, schema, np.sort(detector.prequential)), time.perf_counter() - started
 
 
@@ -154,21 +160,45 @@ def events_of(series: NABSeries) -> list[bytes]:
             for i, (t, v) in enumerate(zip(times, series.values.tolist()))]
 
 
-def replay(series: NABSeries, bundle: Bundle, *, budget_per_hour: float | None, settings) -> tuple[np.ndarray, np.ndarray]:
-    """Every event of ``series`` through ``pipeline.process_batch``; returns (alerted, p_values) per row."""
+def replay(series: NABSeries, bundle: Bundle, *, budget_per_hour: float | None, settings,
+           adapt: bool = False, work_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Every event of ``series`` through ``pipeline.process_batch``; returns (alerted, p_values, loop steps).
+
+    ``adapt``: run the worker's drift -> retrain -> shadow -> promote loop (``retrain.py``) as the
+    worker would: drift detectors on the p-values; after a drift, the next ``probation`` events
+    (as many as the first model learnt from) are the training window (minus alerted events), the
+    ``probation // 2`` after them the shadow window; the candidate replaces the model in service
+    from the next batch on when ``promotion_decision`` says so. Bundles go to ``work_dir``.
+    """
+    from offline import bundle as bundles
+    from streamdetect.retrain import promotion_decision, shadow_compare, train_candidate
+
     scoring = settings.scoring
     states: dict[int, PartitionState] = {}
+    window = max(series.probation, 150)
+    shadow_n = max(window // 2, 100)
+    drift = {"detector": "adwin", "delta": 0.001, "min_events": 200, "cooldown": window + shadow_n} if adapt else None
 
     def new_state() -> PartitionState:
         return PartitionState(window=scoring.threshold_window, warmup=scoring.threshold_warmup,
-                              budget_per_hour=budget_per_hour)
+                              budget_per_hour=budget_per_hour, drift=drift)
 
     messages = events_of(series)
     alerted = np.zeros(len(messages), dtype=bool)
     p = np.ones(len(messages))
+    steps: list[dict] = []
+    pending: int | None = None  # row of the drift point whose retrain is waiting for its events
+    if adapt:
+        registry = Path(work_dir)
+        shutil.rmtree(registry / FEED.name, ignore_errors=True)
+        directory = bundles.feed_dir(registry, FEED.name) / "v0001"
+        shutil.copytree(bundle.path, directory)
+        bundles.promote(registry, FEED.name, "v0001")
+        bundle = bundles.load_bundle(directory)
     topic = settings.topics.sensor_readings
     for start in range(0, len(messages), BATCH):
-        records = [InputRecord(topic, 0, offset, messages[offset]) for offset in range(start, min(start + BATCH, len(messages)))]
+        stop = min(start + BATCH, len(messages))
+        records = [InputRecord(topic, 0, offset, messages[offset]) for offset in range(start, stop)]
         output = pipeline.process_batch(
             records, feed=FEED, bundle=bundle, states=states, new_state=new_state, rate=TARGET_RATE,
             max_event_bytes=scoring.max_event_bytes, top_k=3, publish_scores=True, max_scores_per_record=BATCH,
@@ -181,7 +211,41 @@ def replay(series: NABSeries, bundle: Bundle, *, budget_per_hour: float | None, 
             p[rows] = record["p_values"]
         for key, _ in output.alerts:
             alerted[int(key.decode().rsplit("-", 1)[1])] = True
-    return alerted, p
+        if not adapt:
+            continue
+        if pending is None and output.drift_events:
+            when = np.datetime64(output.drift_events[0]["event_time"].replace("+00:00", ""), "ns")
+            pending = int(np.searchsorted(series.timestamps, when))
+            steps.append({"action": "drift", "row": pending, "version": bundle.version, "evidence": output.drift_events[0]["evidence"]})
+        if pending is not None and stop >= pending + window + shadow_n:
+            train_rows = range(pending, pending + window)
+            shadow_rows = range(pending + window, pending + window + shadow_n)
+            events = [orjson.loads(messages[i]) for i in train_rows]
+            events_path = registry / "events.jsonl"
+            events_path.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
+            alerted_ids = [events[i - pending]["event_id"] for i in train_rows if alerted[i]]
+            try:
+                summary = train_candidate({
+                    "feed": FEED.name, "registry": str(registry), "current_bundle": str(bundle.path), "events_path": str(events_path),
+                    "alerted": alerted_ids, "confirmed": [], "min_train_rows": 100, "calibration_fraction": 0.25,
+                    "params": {}, "trigger": "drift",
+                })
+            except ValueError as exc:  # too few usable rows: keep the model in service
+                steps.append({"action": "retrain_failed", "row": pending, "error": str(exc)})
+                pending = None
+                continue
+            candidate_dir = bundles.feed_dir(registry, FEED.name) / summary["version"]
+            shadow = [orjson.loads(messages[i]) for i in shadow_rows]
+            current_stats, candidate_stats = shadow_compare(FEED.name, str(bundle.path), str(candidate_dir), events, shadow, [], TARGET_RATE)
+            decision = promotion_decision(current_stats, candidate_stats, target_rate=TARGET_RATE, min_events=min(100, shadow_n))
+            steps.append({"action": "shadow_result", "row": pending, "candidate": summary["version"], "promote": decision.promote,
+                          "reason": decision.reason})
+            if decision.promote:
+                bundles.promote(registry, FEED.name, summary["version"])
+                bundle = bundles.load_bundle(candidate_dir)
+                steps.append({"action": "promote", "row": stop, "version": bundle.version})
+            pending = None
+    return alerted, p, steps
 
 
 def plot_category(category: str, corpus: dict[str, NABSeries], alerts: dict[tuple[str, str], np.ndarray], models: list[str],
@@ -193,7 +257,7 @@ def plot_category(category: str, corpus: dict[str, NABSeries], alerts: dict[tupl
 
     names = [n for n in corpus if n.startswith(category + "/")]
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.2 * len(names)), squeeze=False)
-    colors = {"ae-window": "tab:red", "hst": "tab:green"}
+    colors = {"ae-window+retrain": "tab:red", "ae-window": "tab:orange", "hst": "tab:green"}
     for ax, name in zip(axes[:, 0], names):
         series = corpus[name]
         ax.plot(series.timestamps, series.values, lw=0.6, color="tab:blue")
@@ -222,7 +286,8 @@ def plot_category(category: str, corpus: dict[str, NABSeries], alerts: dict[tupl
 @click.option("--preset", type=click.Choice(["quick", "full"]), default="full", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--series", "only", multiple=True, help="NAB series (<category>/<file>.csv), repeatable; default all 31")
-@click.option("--models", default="ae-window,hst", show_default=True)
+@click.option("--models", default="ae-window+retrain,ae-window,hst", show_default=True,
+              help="ae-window+retrain: the worker with its drift/retrain loop; ae-window: the first model only; hst: river HalfSpaceTrees")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
 @click.option("--figures-dir", type=click.Path(path_type=Path), default=FIGURES_DIR, show_default=True)
 @click.option("--registry", type=click.Path(path_type=Path), default=Path("runs/nab-registry"), show_default=True,
@@ -253,27 +318,31 @@ def main(preset, seed, only, models, results_dir, figures_dir, registry):
                                     & (existing["seed"] == seed)]
                     rows_by_model.setdefault((model, rule), []).append(done.iloc[-1].to_dict())
                 continue
-            if model == "ae-window":
+            if model.startswith("ae-window"):
                 trained, ae_seconds = train_ae(series, preset, seed, Path(registry) / preset)
             for rule, budget in BUDGETS.items():
-                if model == "ae-window":
+                if model.startswith("ae-window"):
                     bundle, train_seconds = trained, ae_seconds
                 else:  # HST learns while it scores: a fresh one per replay
                     bundle, train_seconds = hst_bundle(series, seed)
                 started = time.perf_counter()
-                alerted, _ = replay(series, bundle, budget_per_hour=budget, settings=settings)
+                alerted, _, steps = replay(series, bundle, budget_per_hour=budget, settings=settings,
+                                           adapt=model == "ae-window+retrain",
+                                           work_dir=Path(registry) / f"{preset}-loop" / series.sensor_id)
                 replay_seconds = time.perf_counter() - started
                 m = window_metrics(series.timestamps, alerted, series.windows, probation=series.probation)
                 alerts_for_plots[rule][(model, name)] = alerted
                 row = {
                     **identity, "threshold_rule": rule, "auroc": "", "auprc": "",
                     "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-                    "epochs": (AE_PARAMS[preset]["epochs"] if model == "ae-window" else ""),
+                    "epochs": (AE_PARAMS[preset]["epochs"] if model.startswith("ae-window") else ""),
                     "train_seconds": round(train_seconds, 2), "series": name, "category": series.category,
                     "tp": m["tp"], "fp": m["fp"], "fn": m["fn"], "windows": m["windows"], "alerts": m["alerts"],
                     "delay_hours": m["delay_hours"], "delay_fraction": m["delay_fraction"],
                     "target_rate": TARGET_RATE, "budget_per_hour": budget, "events": len(series),
                     "replay_seconds": round(replay_seconds, 2),
+                    "drifts": sum(st["action"] == "drift" for st in steps),
+                    "promotions": sum(st["action"] == "promote" for st in steps),
                 }
                 results.append(row)
                 rows_by_model.setdefault((model, rule), []).append(row)

@@ -10,15 +10,16 @@ configured cooldown. Every step is a ``model-control`` message and a log line:
 new bundle without a restart) or ``candidate_rejected``. ``{"action": "rollback", "feed": ...}``
 returns to the previous version (``offline.bundle.rollback``).
 
-1. **Training data**: the last ``window_events`` events the scorers have committed (read back
-   from the feed topic up to the scorer group's committed offsets), minus every event that
+1. **Training data**: after a drift, the first ``window_events`` events scored after the drift
+   point (the retrainer waits for them; a manual ``retrain`` takes the latest ``window_events``
+   scored), read back from the feed topic between the scorer group's committed offsets, minus every event that
    alerted (``alerts`` topic) or that an analyst confirmed anomalous (``feedback`` topic:
    ``{"event_id", "label": "confirmed" | "false_alarm"}``). Sensor windows are rebuilt from
    the events in order with the window configuration of the bundle in service.
 2. **Training** runs in a separate process (``train_candidate``, a process pool with the spawn
    start method): ``offline.train.fit_model`` on the earliest ``1 - calibration_fraction`` of the
    rows, calibration on the rest, ``offline.bundle.save_bundle`` into the next registry version.
-3. **Shadow**: the next ``shadow_events`` events after the training window are scored by the
+3. **Shadow**: the next ``shadow_events`` events after the training window (waited for) are scored by the
    model in service and by the candidate, side by side (same featurization, same state).
 4. **Promotion** (``promotion_decision``): the candidate must be better calibrated -- its alert
    rate (share of p-values below the target) closer to the target than the current model's --
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import logging
 import multiprocessing
 import time
@@ -301,6 +303,16 @@ class Retrainer:
         log.info("retrain loop: %s", orjson.dumps(message).decode()[:600])
         await self.publish(message)
 
+    async def _wait_for(self, topic: str, base: dict[int, int], count: int, timeout: float) -> dict[int, int]:
+        """Committed offsets of the scorer group once ``count`` events past ``base`` are scored (or at ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = await committed_offsets(self.kafka, topic, self.settings.kafka.consumer_group, self.settings.topics.partitions)
+            done = sum(max(0, now[p] - base.get(p, 0)) for p in now)
+            if done >= count or time.monotonic() > deadline:
+                return now
+            await asyncio.sleep(1.0)
+
     def trigger(self, message: dict) -> str:
         """A ``drift`` or ``retrain`` message: start a retrain for its feed unless one runs or cooled down."""
         feed = message.get("feed")
@@ -332,10 +344,21 @@ class Retrainer:
             await self._step({"action": "retrain_started", "feed": feed, "model_version": current_version,
                               "trigger": {k: trigger.get(k) for k in ("action", "key", "partition", "evidence", "model_version")}})
             partitions = settings.topics.partitions
-            ends = await committed_offsets(self.kafka, topic, settings.kafka.consumer_group, partitions)
-            per_partition = max(1, config.window_events // partitions)
-            records = await read_range(self.kafka, topic, {p: (max(0, e - per_partition), e) for p, e in ends.items()}, timeout=30)
-            events = _decode_valid(records, feed)
+            now = await committed_offsets(self.kafka, topic, settings.kafka.consumer_group, partitions)
+            drift = trigger.get("action") == "drift"
+            since = _parse_time(trigger.get("event_time")) if drift else None
+            # the scored events of the last window_events per partition; after a drift, those since the
+            # drift point, waiting for more when too few have been scored yet
+            records = await read_range(self.kafka, topic, {p: (max(0, e - config.window_events), e) for p, e in now.items()}, timeout=60)
+            read_to = dict(now)
+            deficit = config.window_events - len(after_time(records, since))
+            if drift and deficit > 0:
+                read_to = await self._wait_for(topic, now, deficit, config.collect_timeout_s)
+                records += await read_range(self.kafka, topic, {p: (now[p], read_to[p]) for p in now}, timeout=60)
+            train_records, train_end = choose_window(after_time(records, since), config.window_events, latest=not drift)
+            for p in now:
+                train_end.setdefault(p, read_to[p] if drift else now[p])
+            events = _decode_valid(sorted(train_records, key=lambda r: (r.partition, r.offset)), feed)
             alerted = {orjson.loads(r.value).get("event_id") for r in await read_all(self.kafka, settings.topics.alerts)
                        if r.value and orjson.loads(r.value).get("feed") == feed}
             feedback = [orjson.loads(r.value) for r in await read_all(self.kafka, settings.topics.feedback) if r.value]
@@ -355,10 +378,11 @@ class Retrainer:
                               "summary": summary, "dropped_alerted": len(alerted), "confirmed_anomalies": len(confirmed)})
             await self._step({"action": "shadow_started", "feed": feed, "current": current_version, "candidate": candidate,
                               "events": config.shadow_events})
-            per_partition_shadow = max(1, config.shadow_events // partitions)
-            shadow_records = await read_range(self.kafka, topic, {p: (e, e + per_partition_shadow) for p, e in ends.items()},
-                                              timeout=config.shadow_timeout_s)
-            shadow = _decode_valid(shadow_records, feed)
+            shadow_records = [r for r in records if r.offset >= train_end[r.partition]]
+            if len(shadow_records) < config.shadow_events:  # wait for the next events to be scored
+                more_to = await self._wait_for(topic, read_to, config.shadow_events - len(shadow_records), config.collect_timeout_s)
+                shadow_records += await read_range(self.kafka, topic, {p: (read_to[p], more_to[p]) for p in read_to}, timeout=60)
+            shadow = _decode_valid(sorted(shadow_records, key=lambda r: (r.partition, r.offset)), feed)
             known = [e for e in events if e.get("event_id") in confirmed]
             cur, cand = await asyncio.to_thread(shadow_compare, feed, str(current_dir), str(bundles.feed_dir(registry, feed) / candidate),
                                                 events, shadow, known, rate)
@@ -374,6 +398,41 @@ class Retrainer:
             log.exception("retrain of %s failed", feed)
             await self._step({"action": "retrain_failed", "feed": feed, "error": f"{type(exc).__name__}: {exc}"[:1000]})
             return None
+
+
+def _parse_time(value) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _record_time(record) -> dt.datetime | None:
+    try:
+        return _parse_time(orjson.loads(record.value).get("event_time"))
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return None
+
+
+def after_time(records: list, since: dt.datetime | None) -> list:
+    """Records whose event time is at or after ``since`` (all when ``since`` is None)."""
+    if since is None:
+        return list(records)
+    return [r for r in records if (t := _record_time(r)) is not None and t >= since]
+
+
+def choose_window(records: list, n: int, *, latest: bool) -> tuple[list, dict[int, int]]:
+    """The first (or latest) ``n`` records in event-time order -- per partition a contiguous run --
+    and, per partition, the offset after the last one chosen."""
+    timed = sorted(records, key=lambda r: ((_record_time(r) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)), r.partition, r.offset))
+    chosen = timed[-n:] if latest else timed[:n]
+    ends: dict[int, int] = {}
+    for r in chosen:
+        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+    return chosen, ends
 
 
 def _decode_valid(records: list, feed_name: str) -> list[dict]:

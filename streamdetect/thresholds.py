@@ -101,6 +101,18 @@ class PartitionState:
         self.drift = DriftMonitor("", **drift) if drift is not None else None
         self.model_version: str | None = None
 
+    def reconfigure(self, *, budget_per_hour: float | None, drift: dict | None) -> None:
+        """Apply the configured budget and drift settings to a restored state (keeping its buckets and detectors)."""
+        from streamdetect.drift import DriftMonitor
+
+        self.budget.per_hour = budget_per_hour
+        if budget_per_hour is not None:
+            self.budget.burst = max(1.0, budget_per_hour)
+        if drift != self.drift_params:
+            saved = self.drift.to_dict() if self.drift is not None else None
+            self.drift = DriftMonitor("", **drift).load(saved) if drift is not None else None
+            self.drift_params = drift
+
     def observe_model(self, version: str) -> bool:
         """Start the key levels and drift detectors afresh when the model changes; True if it did."""
         if self.model_version == version:
@@ -143,12 +155,19 @@ class PartitionState:
             "budget": self.budget.to_dict(),
             "drift": self.drift.to_dict() if self.drift is not None else None,
             "model_version": self.model_version,
+            "options": {"budget_per_hour": self.budget.per_hour, "drift": self.drift_params},
         }
 
     @classmethod
     def from_dict(cls, data: dict, *, window: int, warmup: int, max_keys: int = 100_000,
-                  budget_per_hour: float | None = None, drift: dict | None = None) -> "PartitionState":
-        """Restore; the configured window and warm-up win over the checkpoint's (settings may change)."""
+                  budget_per_hour: float | None | str = "checkpoint", drift: dict | None | str = "checkpoint") -> "PartitionState":
+        """Restore; the configured window and warm-up win over the checkpoint's (settings may change).
+        Budget and drift settings not given are the checkpoint's own (``reconfigure`` changes them)."""
+        options = data.get("options") or {}
+        if budget_per_hour == "checkpoint":
+            budget_per_hour = options.get("budget_per_hour")
+        if drift == "checkpoint":
+            drift = options.get("drift")
         state = cls(window=window, warmup=warmup, max_keys=max_keys, budget_per_hour=budget_per_hour, drift=drift)
         state.next_offset = data.get("next_offset")
         state.feed_state = data.get("feed_state") or {}

@@ -92,3 +92,24 @@ def test_candidate_trained_on_shifted_events_is_promoted_over_the_old_model(sens
     decision = promotion_decision(cur, cand, target_rate=0.01)
     assert decision.promote, decision
     assert cand.alert_rate < 0.05
+
+
+def test_training_window_after_the_drift_point_is_contiguous_per_partition():
+    from dataclasses import dataclass
+
+    from streamdetect.retrain import _parse_time, after_time, choose_window
+
+    @dataclass
+    class Rec:
+        partition: int
+        offset: int
+        value: bytes
+
+    records = [Rec(p, o, orjson.dumps({"event_time": (T0 + dt.timedelta(minutes=o)).isoformat()})) for p in (0, 1) for o in range(10)]
+    since = _parse_time((T0 + dt.timedelta(minutes=4)).isoformat().replace("+00:00", "Z"))
+    post = after_time(records, since)
+    assert len(post) == 12 and min(r.offset for r in post) == 4
+    chosen, ends = choose_window(post, 6, latest=False)
+    assert sorted((r.partition, r.offset) for r in chosen) == [(p, o) for p in (0, 1) for o in (4, 5, 6)] and ends == {0: 7, 1: 7}
+    latest, ends = choose_window(records, 4, latest=True)
+    assert ends == {0: 10, 1: 10} and {r.offset for r in latest} == {8, 9}

@@ -36,7 +36,7 @@ import pandas as pd
 PROTOCOL = "nab-replay-window"
 EXTRA_COLUMNS = [
     "series", "category", "tp", "fp", "fn", "windows", "alerts", "delay_hours", "delay_fraction",
-    "target_rate", "budget_per_hour", "events", "replay_seconds",
+    "target_rate", "budget_per_hour", "events", "replay_seconds", "drifts", "promotions",
 ]
 COMMAND = "python -m streamdetect.nab_replay"
 
