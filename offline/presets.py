@@ -14,6 +14,10 @@ _QUICK: dict[str, dict] = {
     "iforest": {"n_estimators": 50},
     "hst": {"n_trees": 10, "height": 8, "window_size": 100},
     "ocsvm": {"n_components": 100, "max_iter": 20},
+    "knn": {"k": 1},
+    # rows only (images have their own presets in offline/image_training.py)
+    "egbad": {"epochs": 2, "batch_size": 256},
+    "ganomaly": {"epochs": 2, "batch_size": 256},
 }
 
 # Chosen on the training period only (train on normals of the first 45% of rows, judge on the
