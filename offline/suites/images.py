@@ -21,6 +21,14 @@ written with ``preset=reduced``, never ``full``), ``train_limit``/``test_limit``
 ``params`` (JSON object model -> hyperparameter overrides, e.g. ``{"anogan": {"search_steps": 20}}``).
 
 Each run's core is :func:`run_one`, a plain function.
+
+Cost of the ``full`` preset (50 epochs on the whole class, whole test split), extrapolated from
+the reduced runs on this machine (one torch thread, shared cores): a conv AE/VAE run is about
+7 minutes, a GAN-family run 15-20 minutes (AnoGAN's 100-step latent search over 10,000 test
+images adds about as much again); the one-class grid (8 models x 2 datasets x 10 classes x 3
+seeds = 480 runs) is therefore on the order of 100 CPU-hours, and leave-one-out trains on ~8x
+more images per run. The reduced runs committed so far are labelled ``preset=reduced`` with
+their ``epochs`` and ``train_rows``.
 """
 
 from __future__ import annotations
