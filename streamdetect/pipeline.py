@@ -47,7 +47,7 @@ class Decoded:
 @dataclass
 class Valid:
     record: InputRecord
-    obj: dict
+    obj: dict | None  # None for events validated straight from their bytes (see ``event_object``)
     event: object  # the feed's pydantic event
 
 
@@ -62,6 +62,7 @@ class BatchOutput:
     warming: int = 0  # valid events a stateful feed could not score yet (e.g. a sensor's window is not full)
     suppressed: int = 0  # alerts held back by the alert budget per key per hour
     drift_events: list[dict] = field(default_factory=list)  # model-control messages (action "drift")
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # seconds per step of process_batch
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -103,14 +104,41 @@ def decode(records: Iterable[InputRecord], *, feed: str, max_event_bytes: int) -
 
 def _lenient_json(raw: bytes):
     """JSON with NaN/Infinity literals (as Python's json.dumps writes them): orjson refuses those;
-    we parse them so that validation can say *which field* is not finite. None if still invalid."""
+    we parse them so that validation can say *which field* is not finite. None if still invalid.
+    UTF-8 only, as orjson: given bytes, ``json.loads`` would also guess UTF-16/32 and skip a BOM."""
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
 # -- validate -------------------------------------------------------------------------------
+def validate_json(records: Sequence[InputRecord], feed: Feed, *, max_event_bytes: int) -> tuple[list[Valid], list[InputRecord]]:
+    """The fast path: decode and validate each record in one pydantic-core call straight from its
+    bytes (``model_validate_json``: ~7 us per transaction event instead of ~10 us for orjson then
+    ``model_validate``, measured on 2 shared cores). Returns the valid events (``obj`` is left
+    None: ``event_object`` decodes it when an alert needs it) and the records that failed, which
+    take the two-step path (``decode``, ``validate``) so that their dead letters carry the same
+    reason codes and messages as before."""
+    valid, rest = [], []
+    validate_bytes = feed.event_model.model_validate_json
+    for record in records:
+        raw = record.value
+        if raw is None or len(raw) > max_event_bytes:
+            rest.append(record)
+            continue
+        try:
+            valid.append(Valid(record, None, validate_bytes(raw)))
+        except (ValueError, RecursionError):  # ValidationError, also for malformed JSON
+            rest.append(record)
+    return valid, rest
+
+
+def event_object(item: Valid) -> dict:
+    """The event as its JSON object (decoded on demand for events from the fast path)."""
+    return item.obj if item.obj is not None else orjson.loads(item.record.value)
+
+
 def validate(decoded: Iterable[Decoded], feed: Feed) -> tuple[list[Valid], list[dict]]:
     """JSON objects -> the feed's events; invalid ones become ``invalid_event`` dead letters."""
     valid, dead = [], []
@@ -151,9 +179,16 @@ def process_batch(
     """
     now = time.time() if now is None else now
     version = bundle.version
-    decoded, dead = decode(records, feed=feed.name, max_event_bytes=max_event_bytes)
-    valid, invalid = validate(decoded, feed)
+    clock = [time.perf_counter()]
+    valid, rest = validate_json(records, feed, max_event_bytes=max_event_bytes)
+    clock.append(time.perf_counter())
+    decoded, dead = decode(rest, feed=feed.name, max_event_bytes=max_event_bytes)
+    slow_valid, invalid = validate(decoded, feed)
     dead += invalid
+    if slow_valid:  # e.g. a NaN literal decoded leniently that turned out valid: keep the input order
+        position = {id(record): i for i, record in enumerate(records)}
+        valid = sorted(valid + slow_valid, key=lambda v: position[id(v.record)])
+    clock.append(time.perf_counter())
     X = np.empty((0, bundle.schema.n_features), np.float32)
     warming = 0
     if valid and feed.stateful_columns is not None:
@@ -168,7 +203,9 @@ def process_batch(
         raw_numeric = np.column_stack([np.asarray(columns[c], dtype=np.float64)[kept] for c in bundle.schema.numeric]) \
             if bundle.schema.numeric and len(kept) else None
         valid = [valid[i] for i in kept.tolist()]
+    clock.append(time.perf_counter())
     scores = scoring.score(bundle, X)
+    clock.append(time.perf_counter())
 
     output = BatchOutput(scored=len(valid), warming=warming)
     for letter in dead:
@@ -204,6 +241,7 @@ def process_batch(
         if publish_scores:
             output.scores += _scores_records(feed, version, valid, rows, scores, result, dead_by_partition.pop(partition, 0),
                                              now, max_scores_per_record)
+    clock.append(time.perf_counter())
     for record in records:  # the next offset to consume, for checkpoints and commits
         state = states.get(record.partition)
         if state is None:
@@ -220,11 +258,16 @@ def process_batch(
                 "alert_id": alert_id(feed.name, event_id), "event_id": event_id, "feed": feed.name,
                 "key": feed.key_of(item.event), "event_time": item.event.event_time.isoformat(),
                 "score": float(scores[row]), "p_value": p_value, "threshold": threshold,
-                "model_version": version, "top_features": top, "event": item.obj,
+                "model_version": version, "top_features": top, "event": event_object(item),
             }
             output.alerts.append((event_id.encode(), orjson.dumps(alert)))
     stamps = [r.timestamp for r in records if r.timestamp]
     output.latency_ms_max = max(0.0, now * 1000 - min(stamps)) if stamps else 0.0
+    clock.append(time.perf_counter())
+    # decode_validate: the fast path (valid events); invalid: the two-step path of the records it refused;
+    # threshold: dead letters, thresholds, drift and the scores records; outputs: offsets and alerts
+    output.stage_seconds = {stage: end - start for stage, start, end in
+                            zip(("decode_validate", "invalid", "featurize", "score", "threshold", "outputs"), clock, clock[1:])}
     return output
 
 
