@@ -225,11 +225,12 @@ def _protocol_table(rows: pd.DataFrame, title: str) -> list[str]:
     lines = [f"### {title}", ""]
     if rows.empty:
         return lines + ["No rows yet.", ""]
-    for (preset, epochs), block in rows.groupby(["preset", "epochs"], sort=True):
+    for preset, block in rows.groupby("preset", sort=True):
         datasets = sorted(block["dataset"].unique())
-        lines += [f"Preset `{preset}`, {epochs} epochs. Mean AUROC over the classes run (± std over seeds of the class-mean, "
-                  "where more than one seed), classes run, wall seconds per run (train + score):", ""]
-        lines += ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+        lines += [f"Preset `{preset}`. Mean AUROC over the classes run (± std over seeds of the class-mean, where more than one "
+                  "seed); in brackets: classes run, training images per run, mean wall seconds per run (train + score). "
+                  "`epochs` as trained:", ""]
+        lines += ["| model | epochs | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
         order = block.groupby("model")["auroc"].mean().sort_values(ascending=False).index
         for model in order:
             cells = []
@@ -240,8 +241,9 @@ def _protocol_table(rows: pd.DataFrame, title: str) -> list[str]:
                     continue
                 per_seed = g.groupby("seed")["auroc"].mean()
                 wall = (g["train_seconds"] + g["score_seconds"].fillna(0)).mean()
-                cells.append(f"{_ms(per_seed)} ({g['target_class'].nunique()} cl., {wall:.0f}s)")
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+                cells.append(f"{_ms(per_seed)} ({g['target_class'].nunique()} cl., {int(g['train_rows'].median())} img, {wall:.0f}s)")
+            epochs = ", ".join(str(int(e)) for e in sorted(block[block["model"] == model]["epochs"].unique()))
+            lines.append(f"| {model} | {epochs} | " + " | ".join(cells) + " |")
         lines.append("")
         for dataset in datasets:
             d = block[block["dataset"] == dataset]
@@ -270,7 +272,10 @@ def tables(rows: pd.DataFrame) -> str:
     ]
     lines += _protocol_table(rows[rows["protocol"] == "one-class"], "One-class protocol")
     lines += _protocol_table(rows[rows["protocol"] == "leave-one-out"], "Leave-one-out protocol")
-    lines += _protocol_table(rows[rows["protocol"] == "imbalanced"], "Imbalanced protocol (twodisc; never mixed with the above)")
+    imbalanced = rows[rows["protocol"] == "imbalanced"]
+    fractions = ", ".join(f"{f:g}" for f in sorted(imbalanced["anomaly_fraction"].dropna().unique())) if not imbalanced.empty else ""
+    lines += _protocol_table(imbalanced, "Imbalanced protocol (twodisc sees labelled anomalies"
+                             + (f", anomaly_fraction {fractions}" if fractions else "") + "; never mixed with the above)")
     lines += ["Figures: `benchmarks/figures/images-twodisc-*` (reconstructions and confusion matrix at the label-free threshold)."]
     return "\n".join(lines)
 
