@@ -100,14 +100,14 @@ class Worker:
     def send(self, topic: str, events: list[dict], key_field: str | None = "sensor_id"):
         asyncio.run(send_messages(self.kafka, topic, [orjson.dumps(e) for e in events], key=key_from_field(key_field), progress=False))
 
-    def send_and_collect(self, events: list[dict], *, timeout=90):
+    def send_and_collect(self, events: list[dict], *, timeout=90, expected: int | None = None):
         since = int(time.time() * 1000)
         ids = {e["event_id"] for e in events}
 
         async def run():
             await send_messages(self.kafka, self.settings.topics.sensor_readings, [orjson.dumps(e) for e in events],
                                 key=key_from_field("sensor_id"), progress=False)
-            return await collect_outputs(self.kafka, self.settings, expected=len(events), since_ms=since, timeout=timeout,
+            return await collect_outputs(self.kafka, self.settings, expected=expected or len(events), since_ms=since, timeout=timeout,
                                          event_ids=ids, progress=False)
 
         return asyncio.run(run())
@@ -142,7 +142,7 @@ def worker(embedded_broker, sensor_registry, settings, tmp_path_factory):
         "STREAMDETECT_DRIFT__MIN_EVENTS": "60",
         "STREAMDETECT_DRIFT__COOLDOWN": "100000",
         "STREAMDETECT_RETRAIN__WINDOW_EVENTS": "1600",
-        "STREAMDETECT_RETRAIN__SHADOW_EVENTS": "600",
+        "STREAMDETECT_RETRAIN__SHADOW_EVENTS": "400",
         "STREAMDETECT_RETRAIN__MIN_SHADOW_EVENTS": "200",
         "STREAMDETECT_RETRAIN__PARAMS": '{"epochs": 20}',
         "STREAMDETECT_RETRAIN__COOLDOWN_S": "600",
@@ -159,7 +159,8 @@ def worker(embedded_broker, sensor_registry, settings, tmp_path_factory):
 
 
 def test_level_shift_drift_retrain_shadow_promote(worker):
-    normal = worker.send_and_collect(readings(400, 100, level=0.0, seed=1))
+    # the first CONFIG.size - 1 readings of each sensor only fill its window
+    normal = worker.send_and_collect(readings(400, 100, level=0.0, seed=1), expected=4 * (100 - CONFIG.size + 1))
     assert len(normal.scores) == 4 * (100 - CONFIG.size + 1), worker.tail()  # the first window of each sensor fills up
     for record in normal.score_records:
         ScoresRecord.model_validate(record)
@@ -168,10 +169,10 @@ def test_level_shift_drift_retrain_shadow_promote(worker):
 
     # the level of every sensor moves up by SHIFT: the model in service would flood (its p-values
     # collapse); the alert budget holds the published alerts to 2 per sensor per hour
-    shifted = worker.send_and_collect(readings(500, 650, level=SHIFT, seed=2))
+    shifted = worker.send_and_collect(readings(500, 800, level=SHIFT, seed=2))
     p_shifted = np.array([s["p_value"] for s in shifted.scores.values()])
     assert np.mean(p_shifted < RATE) > 0.5
-    assert len(shifted.alerts) <= 4 * (2 * 650 / 60 + 2), len(shifted.alerts)
+    assert len(shifted.alerts) <= 4 * (2 * 800 / 60 + 2), len(shifted.alerts)
     alerts = [Alert.model_validate(a) for a in shifted.alerts]
     assert alerts and all(a.top_features and a.top_features[0].name.startswith("value[t-") for a in alerts)
 
@@ -198,7 +199,7 @@ def test_level_shift_drift_retrain_shadow_promote(worker):
 
     # after the swap: the next 1000 readings, all at the new level, alert at <= 2x the target rate,
     # before the budget (p-values below the rate) and after it (published alerts)
-    after = worker.send_and_collect(readings(1150, 250, level=SHIFT, seed=3))
+    after = worker.send_and_collect(readings(1300, 250, level=SHIFT, seed=3))
     versions = {s["model_version"] for s in after.scores.values()}
     assert versions == {"v0002"}, versions
     assert len(after.scores) == 1000
@@ -214,12 +215,12 @@ def test_rollback_returns_to_the_previous_version(worker):
         assert time.monotonic() < deadline, worker.tail()
         time.sleep(0.5)
     assert bundles.current_version(worker.settings.registry_dir, FEED) == "v0001"
-    outputs = worker.send_and_collect(readings(1400, 20, level=SHIFT, seed=4))
+    outputs = worker.send_and_collect(readings(1550, 20, level=SHIFT, seed=4))
     assert {s["model_version"] for s in outputs.scores.values()} == {"v0001"}
 
 
 def test_sigkilled_worker_resumes_windows_and_thresholds(worker):
-    worker.send_and_collect(readings(1420, 30, level=SHIFT, seed=5))
+    worker.send_and_collect(readings(1570, 30, level=SHIFT, seed=5))
     time.sleep(2.0)  # idle: the state is checkpointed (interval 0.5 s)
     topic = worker.settings.topics.state
     before = asyncio.run(read_latest_states(worker.kafka, topic, list(range(worker.settings.topics.partitions))))
@@ -236,7 +237,7 @@ def test_sigkilled_worker_resumes_windows_and_thresholds(worker):
     assert f"restored state of {FEED}[" in worker.log.read_text(errors="replace"), worker.tail()
 
     # every reading after the restart is scored at once: the windows were restored, no refill
-    new = readings(1450, 5, level=SHIFT, seed=6)
+    new = readings(1600, 5, level=SHIFT, seed=6)
     outputs = worker.send_and_collect(new)
     assert set(outputs.scores) == {e["event_id"] for e in new}, worker.tail()
     time.sleep(2.0)
