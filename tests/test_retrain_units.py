@@ -113,3 +113,42 @@ def test_training_window_after_the_drift_point_is_contiguous_per_partition():
     assert sorted((r.partition, r.offset) for r in chosen) == [(p, o) for p in (0, 1) for o in (4, 5, 6)] and ends == {0: 7, 1: 7}
     latest, ends = choose_window(records, 4, latest=True)
     assert ends == {0: 10, 1: 10} and {r.offset for r in latest} == {8, 9}
+
+
+def test_pipeline_scores_sensor_windows_with_state_budget_and_drift(sensor_registry):
+    import json
+
+    from streamdetect import pipeline
+    from streamdetect.feeds import get_feed
+    from streamdetect.pipeline import InputRecord
+    from streamdetect.thresholds import PartitionState
+
+    feed = get_feed("sensor-readings")
+    bundle = bundles.load_current(sensor_registry, "sensor-readings")
+    drift = {"delta": 0.001, "min_events": 50, "cooldown": 10_000}
+    states: dict[int, PartitionState] = {}
+
+    def new_state():
+        return PartitionState(window=100, warmup=20, budget_per_hour=1.0, drift=drift)
+
+    def run(events, offset):
+        records = [InputRecord("sensor-readings", 0, offset + i, orjson.dumps(e)) for i, e in enumerate(events)]
+        return pipeline.process_batch(records, feed=feed, bundle=bundle, states=states, new_state=new_state, rate=0.01,
+                                      max_event_bytes=65536, top_k=3)
+
+    normal = sensor_events(400, level=0.0, start=1200, seed=5)
+    out = run(normal, 0)
+    assert out.warming == 2 * (CONFIG.size - 1) and out.scored == 400 - out.warming and not out.dead_letters
+    # restart: the state goes through its JSON checkpoint and comes back
+    states = {0: PartitionState.from_dict(json.loads(json.dumps(states[0].to_dict())), window=100, warmup=20)}
+    assert states[0].budget.per_hour == 1.0 and states[0].drift is not None
+    shifted = sensor_events(600, level=4.0, start=1600, seed=6)
+    bad = {**shifted[0], "event_id": "wrong-shape", "value": [1.0, 2.0]}
+    out = run(shifted + [bad], 400)
+    assert out.warming == 0 and out.scored == 600  # the windows came back with the state
+    assert [orjson.loads(d)["reason"] for d in out.dead_letters] == ["featurize_error"]
+    assert out.suppressed > 0 and len(out.alerts) <= 2 * (600 / 60 + 1)  # 1 alert per sensor per hour: 10 h of event time
+    alert = orjson.loads(out.alerts[0][1])
+    assert alert["top_features"][0]["name"].startswith("value[t-") and alert["key"] in ("s0", "s1")
+    assert out.drift_events and out.drift_events[0]["action"] == "drift" and out.drift_events[0]["evidence"]["direction"] == "down"
+    assert states[0].drift.outbox  # what the worker publishes on model-control
