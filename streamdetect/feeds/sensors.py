@@ -15,7 +15,10 @@ retrained model (``retrain.py``) learns it.
 
 The window's features are named by position, ``value[t-0]`` (the newest reading) to
 ``value[t-<size-1>]``, so an alert's ``top_features`` point at the deviating part of the window;
-multi-channel sensors get ``value<c>[t-k]``.
+multi-channel sensors get ``value<c>[t-k]``. Their ``value`` and ``expected`` are in the sensor's
+standard units (``(reading - center) / scale`` of the model's sensor statistics), so ``value 7.9,
+expected 0.2`` at ``value[t-0]`` reads "the newest reading is ~8 typical deviations above what the
+model expected there"; the raw reading itself is in the alert's ``event``.
 
 The window configuration travels in the bundle (``manifest.extra.sensor_windows``), because a
 model must be served with the featurization it was trained with.
