@@ -10,9 +10,10 @@ every output of the batch is acknowledged (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mode import Service
 
 from offline import bundle as bundles
 from offline.bundle import Bundle, BundleError
+from streamdetect import drift as _drift  # noqa: F401 -- imported at start-up, not in the first batch (river.drift pulls in scipy: ~2 s)
 from streamdetect import pipeline
 from streamdetect.feeds import Feed, get_feed
 from streamdetect.settings import Settings
@@ -122,6 +124,11 @@ class ModelHolder:
         return f"control {action} for {feed}: serving {self.versions()[feed]}"
 
 
+def _log_checkpoint_error(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("state checkpoint not written (%s); the next one supersedes it", future.exception())
+
+
 class Metrics:
     def __init__(self) -> None:
         self.started = time.time()
@@ -174,6 +181,13 @@ class BatchScorer(Service):
         self.producer: AIOKafkaProducer | None = None
         self.last_checkpoint = 0.0
         self.ready = False
+        # batches whose outputs are sent but not yet acknowledged, oldest first: (futures, offsets to commit);
+        # the next batch is fetched and scored meanwhile, and offsets are committed (by ``_committer``) only
+        # once every output of their batch and of every batch before it is acknowledged
+        self.inflight: deque[tuple[list[asyncio.Future], dict[TopicPartition, int]]] = deque()
+        self.to_commit: dict[TopicPartition, int] = {}
+        self.commit_wanted = asyncio.Event()
+        self.committing: asyncio.Future | None = None
 
     def new_state(self) -> PartitionState:
         scoring = self.settings.scoring
@@ -186,7 +200,7 @@ class BatchScorer(Service):
         # one thread vs 330-420 ms with two under load)
         torch.set_num_threads(1)
         kafka = self.settings.kafka
-        self.producer = AIOKafkaProducer(**self.bootstrap_kwargs, acks="all", linger_ms=5,
+        self.producer = AIOKafkaProducer(**self.bootstrap_kwargs, acks="all", linger_ms=0,
                                          max_batch_size=1 << 20, max_request_size=8 << 20)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
@@ -210,6 +224,7 @@ class BatchScorer(Service):
         if self.consumer is not None:
             async with self.lock:  # let a batch in flight finish, then flush state
                 try:
+                    await self._drain()
                     await self._checkpoint([(feed, p) for feed, parts in self.states.items() for p in parts])
                 except (KafkaError, OSError) as exc:
                     log.warning("final checkpoint failed: %s", exc)
@@ -225,6 +240,9 @@ class BatchScorer(Service):
                 await asyncio.to_thread(self.models.refresh, feed.name)
             if not all(self.models.current(f.name) for f in self.feeds.values()):
                 await self.sleep(2.0)  # no bundle yet: do not consume (nothing would be scored)
+        # start-up objects (Faust, torch, the bundle) live as long as the worker: moved out of the
+        # collector's sight, full collections no longer walk them after every few batches
+        gc.freeze()
         self.consumer.subscribe(list(self.feeds), listener=_Rebalance(self))
         await self.consumer.start()
         log.info("batch scorer: consuming %s as group %s", ", ".join(self.feeds), self.settings.kafka.consumer_group)
@@ -238,9 +256,63 @@ class BatchScorer(Service):
                 self.metrics.stage_seconds["fetch"] += time.perf_counter() - fetch_started
                 async with self.lock:
                     await self._handle(batch)
-            elif time.monotonic() - self.last_checkpoint > scoring.checkpoint_interval_s:
+            else:  # idle: settle what is in flight, checkpoint when due
                 async with self.lock:
-                    await self._checkpoint_due()
+                    await self._settle(keep=0)
+                    if time.monotonic() - self.last_checkpoint > scoring.checkpoint_interval_s:
+                        await self._checkpoint_due()
+
+    @Service.task
+    async def _committer(self) -> None:
+        """Commits the offsets of settled batches, off the fetch-score loop, one commit at a time."""
+        while not self.should_stop:
+            await self.wait_for_stopped(self.commit_wanted, timeout=1.0)
+            self.commit_wanted.clear()
+            if self.to_commit and self.consumer is not None:
+                self.committing = asyncio.ensure_future(self._commit())
+                await asyncio.shield(self.committing)
+
+    async def _commit(self) -> None:
+        offsets, self.to_commit = self.to_commit, {}
+        if not offsets:
+            return
+        started = time.perf_counter()
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: they are reprocessed
+            self.metrics.commit_failures += 1
+            log.warning("offset commit failed (%s); those batches will be reprocessed by the partitions' new owner", exc)
+        except (KafkaError, OSError) as exc:  # e.g. the broker is unreachable: a later commit covers these offsets
+            self.metrics.commit_failures += 1
+            log.warning("offset commit failed (%s); retried with the next batch", exc)
+            self.to_commit = {**offsets, **self.to_commit}
+        self.metrics.stage_seconds["commit"] += time.perf_counter() - started
+
+    async def _settle(self, keep: int) -> None:
+        """Move the offsets of acknowledged batches to the committer; wait for the oldest batches
+        until at most ``keep`` are in flight. A failed output is fatal, as it was before (the batch
+        is never committed, so it is reprocessed after the restart)."""
+        waited = time.perf_counter()
+        while self.inflight:
+            futures, offsets = self.inflight[0]
+            if len(self.inflight) > keep:
+                await asyncio.gather(*futures)
+            elif not all(f.done() for f in futures):
+                break
+            for f in futures:
+                f.result()  # raises the send error, if any
+            self.inflight.popleft()
+            self.to_commit.update(offsets)
+            self.commit_wanted.set()
+        self.metrics.stage_seconds["publish"] += time.perf_counter() - waited
+
+    async def _drain(self) -> None:
+        """Every batch in flight acknowledged and committed (before a revoke or a stop)."""
+        await self._settle(keep=0)
+        if self.committing is not None:
+            await asyncio.shield(self.committing)
+        if self.to_commit:
+            await self._commit()
 
     @Service.timer(3.0)
     async def _watch_registry(self) -> None:
@@ -265,8 +337,8 @@ class BatchScorer(Service):
         for topic, records in by_topic.items():
             feed = self.feeds[topic]
             bundle = self.models.current(feed.name)  # a swapped bundle takes effect here, at the next batch
-            output = await asyncio.to_thread(
-                pipeline.process_batch, records,
+            output = pipeline.process_batch(
+                records,
                 feed=feed, bundle=bundle, states=self.states[feed.name], new_state=self.new_state,
                 rate=scoring.target_false_alarm_rate, max_event_bytes=scoring.max_event_bytes,
                 top_k=scoring.top_features, publish_scores=scoring.publish_scores,
@@ -285,27 +357,26 @@ class BatchScorer(Service):
             self.metrics.last_batch_latency_ms = output.latency_ms_max
             for stage, seconds in getattr(output, "stage_seconds", {}).items():
                 self.metrics.stage_seconds[stage] += seconds
-        publishing = time.perf_counter()
-        await asyncio.gather(*futures)  # every output acknowledged ...
-        committing = time.perf_counter()
-        self.metrics.stage_seconds["publish"] += publish_seconds + committing - publishing
-        await self._checkpoint_due()  # ... state checkpointed (at most every checkpoint_interval_s) ...
-        try:  # ... and only then the input offsets committed
-            await self.consumer.commit(commit)
-        except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: they are reprocessed
-            self.metrics.commit_failures += 1
-            log.warning("offset commit failed (%s); the batch will be reprocessed by the partitions' new owner", exc)
-        self.metrics.stage_seconds["commit"] += time.perf_counter() - committing
+        self.metrics.stage_seconds["publish"] += publish_seconds
+        # the offsets are committed once these outputs (and those of every earlier batch) are acknowledged;
+        # meanwhile the next batch is fetched and scored (at most 4 batches in flight)
+        self.inflight.append((futures, commit))
+        await self._settle(keep=4)
+        checkpointing = time.perf_counter()
+        await self._checkpoint_due(wait=False)
+        self.metrics.stage_seconds["checkpoint"] += time.perf_counter() - checkpointing
         self.metrics.batches += 1
         self.metrics.last_batch_seconds = time.perf_counter() - started
         self.metrics.busy_seconds += self.metrics.last_batch_seconds
 
     # -- state: checkpoint, restore ---------------------------------------------------------------
-    async def _checkpoint_due(self) -> None:
+    async def _checkpoint_due(self, wait: bool = True) -> None:
         if time.monotonic() - self.last_checkpoint >= self.settings.scoring.checkpoint_interval_s:
-            await self._checkpoint([(feed, p) for feed, parts in self.states.items() for p in parts])
+            await self._checkpoint([(feed, p) for feed, parts in self.states.items() for p in parts], wait=wait)
 
-    async def _checkpoint(self, which: list[tuple[str, int]]) -> None:
+    async def _checkpoint(self, which: list[tuple[str, int]], wait: bool = True) -> None:
+        """Send the state of ``which`` partitions; ``wait``: until acknowledged (else the send
+        errors are only logged: the next checkpoint supersedes this one)."""
         futures = []
         for feed, partition in which:
             state = self.states[feed].get(partition)
@@ -315,11 +386,19 @@ class BatchScorer(Service):
                 self.settings.topics.state, checkpoint_value(feed, partition, state.to_dict()),
                 key=state_key(feed, partition).encode(), partition=partition,
             ))
-        await asyncio.gather(*futures)
         self.last_checkpoint = time.monotonic()
+        if wait:
+            await asyncio.gather(*futures)
+        else:
+            for future in futures:
+                future.add_done_callback(_log_checkpoint_error)
 
     async def on_revoked(self, revoked) -> None:
         async with self.lock:
+            try:
+                await self._drain()
+            except (KafkaError, OSError) as exc:
+                log.warning("outputs in flight not settled on revoke (%s); the next owner reprocesses them", exc)
             which = [(self.feeds[tp.topic].name, tp.partition) for tp in revoked if tp.topic in self.feeds]
             try:
                 await self._checkpoint(which)
