@@ -16,8 +16,7 @@ For every NAB series (one sensor of the ``sensor-readings`` feed):
    after a first pass over the probationary windows; its calibration scores are its prequential
    scores on the probationary period.
 4. **Score** with window-level precision / recall / F1 and detection delay
-   (``offline.suites.nab``), one CSV row per (model, series, threshold rule) plus an ``ALL`` row,
-   appended to ``benchmarks/results/nab.csv``; the tables in ``benchmarks/README.md`` and one figure
+   (``offline.suites.nab``), one CSV row per (model, series, threshold rule), appended to ``benchmarks/results/nab.csv``; the tables in ``benchmarks/README.md`` and one figure
    per NAB category (series, windows, alerts) are regenerated.
 
 The transport (Kafka) is not part of this replay: the events go through the same functions the

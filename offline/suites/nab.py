@@ -115,15 +115,16 @@ def tables(rows: pd.DataFrame) -> str:
         "alerts in NAB's probationary period (first 15%) are ignored. Delay: first alert - window start.",
         "",
     ]
-    for preset, group in rows.groupby("preset"):
+    for (preset, rule), group in rows.groupby(["preset", "threshold_rule"]):
         summary = []
         for model, part in group.groupby("model"):
-            o = overall(part[part["series"] != "ALL"])
-            with_windows = part[(part["series"] != "ALL") & (part["windows"] > 0)]
-            summary.append((model, o, float(with_windows["f1"].mean()), part))
+            part = part.drop_duplicates("series", keep="last")
+            o = overall(part)
+            summary.append((model, o, float(part[part["windows"] > 0]["f1"].mean()), part))
         summary.sort(key=lambda item: -item[1]["f1"])
+        n_series = max(len(p) for *_, p in summary)
         out += [
-            f"### Overall ({preset} preset; micro average over {int((group['series'] != 'ALL').sum() / max(1, group['model'].nunique()))} series)",
+            f"### Overall: `{rule}` ({preset} preset; micro average over {n_series} series)",
             "",
             "| model | precision | recall | F1 | mean F1 per series (with windows) | TP | FP | FN | mean delay (h) | delay / window |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -133,13 +134,13 @@ def tables(rows: pd.DataFrame) -> str:
                        f"{o['tp']} | {o['fp']} | {o['fn']} | {_fmt(o['delay_hours'], 1)} | {_fmt(o['delay_fraction'], 2)} |")
         if len(summary) >= 2:
             best, other = summary[0], summary[1]
-            if other[1]["f1"] > 0:
-                out += ["", f"{best[0]} F1 / {other[0]} F1 = {best[1]['f1'] / other[1]['f1']:.2f}."]
+            ratios = [f"{best[0]} / {m}: {best[1]['f1'] / o['f1']:.2f}" for m, o, _, _ in summary[1:] if o["f1"] > 0]
+            out += ["", "Overall F1 ratios: " + "; ".join(ratios) + "."]
         models = [m for m, *_ in summary]
-        out += ["", f"### Per series ({preset} preset): F1 (TP/FP/FN)", "",
+        out += ["", f"### Per series: `{rule}` ({preset} preset): F1 (TP/FP/FN)", "",
                 "| series | windows | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
         per = {m: p.set_index("series") for m, _, _, p in summary}
-        series = sorted(s for s in group["series"].unique() if s != "ALL")
+        series = sorted(group["series"].unique())
         for name in series:
             cells = []
             for m in models:
