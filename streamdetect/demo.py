@@ -214,6 +214,8 @@ def _print_report(report: dict, metrics: dict, offline: dict, version: str, *, a
     click.echo(f"scored             {report['scored']}")
     click.echo(f"alerts             {report['alerts']}")
     click.echo(f"dead letters       {report['dead_letters'] or 'none'}")
+    if metrics.get("unseen_categories"):
+        click.echo(f"unseen categories  {metrics['unseen_categories']} values outside the training vocabulary, scored as <other>")
     click.echo(f"throughput         {report['end_to_end_events_per_s']:.0f} events/s end to end "
                f"(replay sent {report['send_rate_events_per_s']:.0f}/s); worker busy {busy:.1f}s"
                + (f" -> {metrics['scored'] / busy:.0f} events/s of scoring capacity" if busy else ""))

@@ -60,6 +60,7 @@ class BatchOutput:
     dead_by_reason: dict[str, int] = field(default_factory=dict)
     latency_ms_max: float = 0.0
     warming: int = 0  # valid events a stateful feed could not score yet (e.g. a sensor's window is not full)
+    unseen_categories: int = 0  # categorical values outside the bundle's vocabulary, scored as "<other>"
     suppressed: int = 0  # alerts held back by the alert budget per key per hour
     drift_events: list[dict] = field(default_factory=list)  # model-control messages (action "drift")
     stage_seconds: dict[str, float] = field(default_factory=dict)  # seconds per step of process_batch
@@ -190,13 +191,13 @@ def process_batch(
         valid = sorted(valid + slow_valid, key=lambda v: position[id(v.record)])
     clock.append(time.perf_counter())
     X = np.empty((0, bundle.schema.n_features), np.float32)
-    warming = 0
+    warming = unseen = 0
     if valid and feed.stateful_columns is not None:
         valid, columns, warming = _stateful_columns(feed, valid, bundle, states, new_state)
     elif valid:
         columns = feed.columns([v.event for v in valid])
     if valid:
-        X, kept, rejected = scoring.featurize(bundle, columns)
+        X, kept, rejected, unseen = scoring.featurize(bundle, columns)
         for row, error in rejected.items():
             dead.append(dead_letter(valid[row].record, feed.name, "featurize_error", error,
                                     event_id=getattr(valid[row].event, "event_id", None), model_version=version))
@@ -207,7 +208,7 @@ def process_batch(
     scores = scoring.score(bundle, X)
     clock.append(time.perf_counter())
 
-    output = BatchOutput(scored=len(valid), warming=warming)
+    output = BatchOutput(scored=len(valid), warming=warming, unseen_categories=unseen)
     for letter in dead:
         output.dead_by_reason[letter["reason"]] = output.dead_by_reason.get(letter["reason"], 0) + 1
     output.dead_letters = [orjson.dumps(letter) for letter in dead]

@@ -37,14 +37,14 @@ def dataset_slice(feed_name: str, settings: Settings, *, split: str = "test", li
                   start: int = 0) -> tuple[list[dict], np.ndarray]:
     """Events and labels of a feed's benchmark dataset split (the rows the offline table scores)."""
     from offline.data import DataStore, load_tabular
-    from offline.protocols import time_ordered_split
+    from offline.train import PROTOCOL_SPLITS
 
     feed = get_feed(feed_name)
     if feed.dataset is None or feed.events_from_dataset is None:
         raise click.UsageError(f"feed {feed_name!r} has no dataset to record events from")
     store = DataStore(settings.data.data_dir, settings.data.mirror_dir, settings.data.allow_download)
     data = load_tabular(feed.dataset, store)
-    index = getattr(time_ordered_split(data), split)[start:]
+    index = getattr(PROTOCOL_SPLITS[feed.dataset](data), split)[start:]  # the rows the offline table scores
     if limit is not None:
         index = index[:limit]
     return feed.events_from_dataset(data, index), data.labels[index]
@@ -205,7 +205,7 @@ def malformed_examples(template: dict, *, max_event_bytes: int = 64 * 1024) -> l
         event = {**template, "event_id": f"bad-{name}", **changes}
         return {k: v for k, v in event.items() if v is not _DROP}
 
-    numeric = next(k for k, v in template.items() if isinstance(v, float) and k != "Amount")
+    numeric = next(k for k, v in template.items() if isinstance(v, float))  # a bounded float field of the feed
     nan_event = variant("nan")
     raw_nan = orjson.dumps(nan_event).replace(f'"{numeric}":{orjson.dumps(template[numeric]).decode()}'.encode(),
                                               f'"{numeric}":NaN'.encode())  # as Python's json.dumps writes NaN
@@ -215,7 +215,7 @@ def malformed_examples(template: dict, *, max_event_bytes: int = 64 * 1024) -> l
         ("missing-field", orjson.dumps(variant("missing-field", **{numeric: _DROP})), "invalid_event", "missing"),
         ("wrong-type", orjson.dumps(variant("wrong-type", **{numeric: "abc"})), "invalid_event", "float_type"),
         ("nan", raw_nan, "invalid_event", "finite_number"),
-        ("out-of-range", orjson.dumps(variant("out-of-range", Amount=-5.0)), "invalid_event", "greater_than_equal"),
+        ("out-of-range", orjson.dumps(variant("out-of-range", **{numeric: -1e30})), "invalid_event", "greater_than_equal"),
         ("extra-field", orjson.dumps(variant("extra-field", Class=1)), "invalid_event", "extra_forbidden"),
         ("oversized", orjson.dumps(variant("oversized", card_id="x" * max_event_bytes)), "oversized", None),
     ]

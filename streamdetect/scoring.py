@@ -15,23 +15,25 @@ from offline.bundle import Bundle
 from offline.features import FeatureError
 
 
-def featurize(bundle: Bundle, columns: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+def featurize(bundle: Bundle, columns: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[int, str], int]:
     """Featurize a batch with the bundle's schema.
 
-    Returns ``(X, kept_rows, rejected)``: ``X`` holds the featurized rows listed in ``kept_rows``
-    (indices into the batch); ``rejected`` maps each row that could not be featurized to the error.
+    Returns ``(X, kept_rows, rejected, unseen)``: ``X`` holds the featurized rows listed in
+    ``kept_rows`` (indices into the batch); ``rejected`` maps each row that could not be featurized
+    to the error; ``unseen`` counts categorical values outside the training vocabulary (encoded
+    as ``<other>`` and scored, never dropped; the worker reports the count in /metrics).
     """
     n = len(next(iter(columns.values()))) if columns else 0
     kept = np.arange(n)
     rejected: dict[int, str] = {}
     while True:
         try:
-            X, _unseen = bundle.schema.transform({name: np.asarray(values)[kept] for name, values in columns.items()})
-            return X, kept, rejected
+            X, unseen = bundle.schema.transform({name: np.asarray(values)[kept] for name, values in columns.items()})
+            return X, kept, rejected, int(unseen.sum())
         except FeatureError as exc:
             if len(exc.rows) == 0:  # not about rows (e.g. a column the feed does not provide): every row fails
                 rejected.update({int(i): str(exc) for i in kept})
-                return np.empty((0, bundle.schema.n_features), np.float32), kept[:0], rejected
+                return np.empty((0, bundle.schema.n_features), np.float32), kept[:0], rejected, 0
             rejected.update({int(kept[i]): str(exc) for i in exc.rows})
             kept = np.delete(kept, exc.rows)
 

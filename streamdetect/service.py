@@ -141,6 +141,7 @@ class Metrics:
         self.last_batch_seconds = 0.0
         self.busy_seconds = 0.0  # time spent handling batches: scored / busy_seconds = scoring capacity
         self.commit_failures = 0
+        self.unseen_categories = 0  # categorical values the bundle never saw in training (scored as "<other>")
         # seconds per stage (fetch, decode, validate, featurize, score, threshold, outputs, publish, commit):
         # divided by ``events`` they name the bottleneck (python -m streamdetect.bench reports them per 1k events)
         self.stage_seconds: dict[str, float] = defaultdict(float)
@@ -152,7 +153,7 @@ class Metrics:
             "batches": self.batches, "dead_letters": dict(self.dead_letters),
             "last_batch_latency_ms": round(self.last_batch_latency_ms, 1),
             "last_batch_seconds": round(self.last_batch_seconds, 4), "busy_seconds": round(self.busy_seconds, 3),
-            "commit_failures": self.commit_failures,
+            "commit_failures": self.commit_failures, "unseen_categories": self.unseen_categories,
             "stage_seconds": {name: round(seconds, 4) for name, seconds in self.stage_seconds.items()},
         }
 
@@ -352,6 +353,7 @@ class BatchScorer(Service):
             self.metrics.events += len(records)
             self.metrics.scored += output.scored
             self.metrics.alerts += len(output.alerts)
+            self.metrics.unseen_categories += output.unseen_categories
             for reason, count in output.dead_by_reason.items():
                 self.metrics.dead_letters[reason] += count
             self.metrics.last_batch_latency_ms = output.latency_ms_max

@@ -59,7 +59,7 @@ class ScoringSettings(BaseModel):
     batch_size: int = Field(2048, ge=1, description="max events per scored batch")
     linger_ms: int = Field(50, ge=0, description="max wait to fill a batch")
     threshold_window: int = Field(1000, ge=10, description="recent scores per key for the adaptive quantile")
-    threshold_warmup: int = Field(200, ge=0, description="events per key before the key's own quantile counts")
+    threshold_warmup: int = Field(200, ge=0, description="events per key before its own score level adapts the threshold; a value above any key's volume keeps the calibrated threshold fixed (for feeds where anomalies are not rare)")
     top_features: int = Field(5, ge=1, description="features named in each alert")
     publish_scores: bool = Field(True, description="publish one scores record per batch")
     checkpoint_interval_s: float = Field(1.0, ge=0, description="how often partition state is checkpointed")

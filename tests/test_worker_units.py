@@ -82,7 +82,8 @@ def test_featurize_rejects_only_the_bad_rows(creditcard_bundle):
     columns = {c: np.zeros(5) for c in schema.input_columns}
     columns["V1"][1] = np.nan
     columns["Amount"][3] = np.inf
-    X, kept, rejected = scoring.featurize(creditcard_bundle, columns)
+    X, kept, rejected, unseen = scoring.featurize(creditcard_bundle, columns)
+    assert unseen == 0  # the credit-card schema has no categoricals
     assert kept.tolist() == [0, 2, 4] and sorted(rejected) == [1, 3]
     assert X.shape == (3, schema.n_features) and np.isfinite(X).all()
 

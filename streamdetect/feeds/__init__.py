@@ -49,6 +49,7 @@ class Feed:
 FEEDS: dict[str, str] = {
     "transactions": "streamdetect.feeds.transactions:FEED",
     "sensor-readings": "streamdetect.feeds.sensors:FEED",
+    "access-logs": "streamdetect.feeds.access_logs:FEED",
 }
 
 
