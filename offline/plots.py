@@ -71,6 +71,20 @@ def plot_precision_recall(curves: dict[str, dict], path: Path, *, title: str, ba
     _save(fig, path)
 
 
+def draw_seed0_curves(curves_path: Path, figures_dir: Path, *, preset: str, prefix: str, title: str) -> dict[str, dict]:
+    """ROC and precision-recall figures of every model's seed-0 run from a suite's curves JSON file
+    (``<model>/seed<k>/<preset>`` -> ``curve_points``). Returns those curves for further figures."""
+    import json
+
+    curves = json.loads(Path(curves_path).read_text()) if Path(curves_path).exists() else {}
+    seed0 = {key.split("/")[0]: c for key, c in curves.items() if key.endswith(f"/seed0/{preset}")}
+    if seed0:
+        suffix = "" if preset == "full" else f"-{preset}"
+        plot_roc(seed0, Path(figures_dir) / f"{prefix}-roc{suffix}.png", title=f"{title}: ROC, seed 0")
+        plot_precision_recall(seed0, Path(figures_dir) / f"{prefix}-pr{suffix}.png", title=f"{title}: precision-recall, seed 0")
+    return seed0
+
+
 def _save(fig, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from offline.benchmark import SuiteContext
 from offline.data import load_tabular
-from offline.plots import curve_points, plot_precision_recall, plot_roc, plot_score_histogram
+from offline.plots import curve_points, draw_seed0_curves, plot_score_histogram
 from offline.presets import preset_params
 from offline.train import evaluate, fit_model, split_dataset
 
@@ -61,13 +61,8 @@ def run(ctx: SuiteContext) -> None:
 
 
 def draw_figures(curves_path: Path, figures_dir: Path, *, preset: str) -> None:
-    curves = json.loads(Path(curves_path).read_text())
-    seed0 = {key.split("/")[0]: c for key, c in curves.items() if key.endswith(f"/seed0/{preset}")}
-    if not seed0:
-        return
+    seed0 = draw_seed0_curves(curves_path, figures_dir, preset=preset, prefix="creditcard", title="Credit-card fraud, time split")
     suffix = "" if preset == "full" else f"-{preset}"
-    plot_roc(seed0, figures_dir / f"creditcard-roc{suffix}.png", title="Credit-card fraud, time split: ROC (seed 0)")
-    plot_precision_recall(seed0, figures_dir / f"creditcard-pr{suffix}.png", title="Credit-card fraud: precision-recall (seed 0)", base_rate=None)
     for model in ("vae", "ae"):
         if model in seed0:
             plot_score_histogram(seed0[model]["histogram"], figures_dir / f"creditcard-{model}-score-histogram{suffix}.png",

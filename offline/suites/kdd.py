@@ -33,7 +33,7 @@ from offline.evaluation import (
     threshold_top_fraction,
     thresholded_metrics,
 )
-from offline.plots import curve_points, plot_precision_recall, plot_roc
+from offline.plots import curve_points, draw_seed0_curves
 from offline.presets import max_train_rows, preset_params
 from offline.protocols import Split, dagmm_labels, dagmm_split, dagmm_validation_normals
 from offline.train import FittedModel, fit_model
@@ -182,13 +182,7 @@ def run(ctx: SuiteContext) -> None:
 
 
 def draw_figures(curves_path: Path, figures_dir: Path, *, preset: str) -> None:
-    curves = json.loads(Path(curves_path).read_text()) if Path(curves_path).exists() else {}
-    seed0 = {key.split("/")[0]: c for key, c in curves.items() if key.endswith(f"/seed0/{preset}")}
-    if not seed0:
-        return
-    suffix = "" if preset == "full" else f"-{preset}"
-    plot_roc(seed0, figures_dir / f"kdd-roc{suffix}.png", title="KDD Cup 99, DAGMM protocol (normal. = anomaly): ROC, seed 0")
-    plot_precision_recall(seed0, figures_dir / f"kdd-pr{suffix}.png", title="KDD Cup 99, DAGMM protocol: precision-recall, seed 0", base_rate=None)
+    draw_seed0_curves(curves_path, figures_dir, preset=preset, prefix="kdd", title="KDD Cup 99, DAGMM protocol (normal. = anomaly)")
 
 
 def _mean_std(group: pd.DataFrame, column: str) -> str:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from offline.benchmark import SuiteContext
 from offline.data import load_tabular
 from offline.evaluation import oracle_best_f1_threshold, ranking_metrics, threshold_at_false_alarm_rate, thresholded_metrics
-from offline.plots import curve_points, plot_precision_recall, plot_roc
+from offline.plots import curve_points, draw_seed0_curves
 from offline.protocols import nsl_kdd_split
 from offline.suites.kdd import MODELS, available_models, cap_train, fit_on, model_params, sample_rows, score_rows
 
@@ -64,13 +64,7 @@ def run(ctx: SuiteContext) -> None:
 
 
 def draw_figures(curves_path: Path, figures_dir: Path, *, preset: str) -> None:
-    curves = json.loads(Path(curves_path).read_text()) if Path(curves_path).exists() else {}
-    seed0 = {key.split("/")[0]: c for key, c in curves.items() if key.endswith(f"/seed0/{preset}")}
-    if not seed0:
-        return
-    suffix = "" if preset == "full" else f"-{preset}"
-    plot_roc(seed0, figures_dir / f"nsl-kdd-roc{suffix}.png", title="NSL-KDD, train on normal KDDTrain+, test KDDTest+: ROC, seed 0")
-    plot_precision_recall(seed0, figures_dir / f"nsl-kdd-pr{suffix}.png", title="NSL-KDD: precision-recall, seed 0", base_rate=None)
+    draw_seed0_curves(curves_path, figures_dir, preset=preset, prefix="nsl-kdd", title="NSL-KDD, train on normal KDDTrain+, test KDDTest+")
 
 
 def tables(rows: pd.DataFrame) -> str:
