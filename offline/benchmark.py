@@ -31,6 +31,7 @@ COLUMNS = [
 #: columns that identify a run; a row with the same identity is not recomputed
 IDENTITY = ["dataset", "protocol", "model", "target_class", "seed", "threshold_rule", "preset"]
 SUITES = {
+    "images": "offline.suites.images",
     "creditcard": "offline.suites.creditcard",
     "nab": "offline.suites.nab",  # rows come from python -m streamdetect.nab_replay
     "kdd": "offline.suites.kdd",
