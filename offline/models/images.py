@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from offline.models.tabular import GaussianVAE
+
 CANVAS = 32
 
 
@@ -106,7 +108,7 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(GaussianVAE):
     """q(z|x) = N(mu, diag(exp(logvar))), Bernoulli decoder (logits), N(0, I) prior.
 
     ``latent_mean``/``latent_var`` hold the profile of the training images' latent means (as in
@@ -124,15 +126,6 @@ class ConvVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-10.0, 10.0)
-
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar) if self.training else mu
-        return self.decoder(z), mu, logvar
 
 
 class BiGANDiscriminator(nn.Module):

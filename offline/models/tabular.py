@@ -30,7 +30,26 @@ class MLPAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-class MLPVAE(nn.Module):
+class GaussianVAE(nn.Module):
+    """What every VAE here shares: ``encode(x) -> (mu, logvar)`` is the subclass's; sampling
+    z = mu + sigma * eps in training and z = mu at inference, then ``decoder(z)``."""
+
+    decoder: nn.Module
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar) if self.training else mu
+        return self.decoder(z), mu, logvar
+
+
+class MLPVAE(GaussianVAE):
     """Gaussian encoder q(z|x) = N(mu, diag(exp(logvar))), Gaussian decoder mean, N(0, I) prior.
 
     The buffers ``latent_mean``/``latent_var`` hold the profile of the training rows' latent means,
@@ -49,12 +68,3 @@ class MLPVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)
         return self.to_mu(h), self.to_logvar(h).clamp(-10.0, 10.0)
-
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar) if self.training else mu
-        return self.decoder(z), mu, logvar
