@@ -39,11 +39,6 @@ app = faust.App(
     settings.app_id,
     **faust_broker_config(settings, broker.bootstrap),
     broker_client_id=settings.kafka.client_id,
-    # Faust's defaults (session 60 s, rebalance 60 s, heartbeat 3 s) make a worker wait ~30 s for
-    # its group; these let it join in the ~3 s Tansu's group coordinator takes (broker.py)
-    broker_session_timeout=6.0,
-    broker_heartbeat_interval=1.0,
-    broker_rebalance_timeout=6.0,
     broker_request_timeout=30.0,
     consumer_auto_offset_reset="earliest",
     topic_partitions=settings.topics.partitions,

@@ -101,11 +101,18 @@ def redacted(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def faust_broker_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
-    """``faust.App`` keyword arguments for the broker URL and credentials."""
+    """``faust.App`` keyword arguments for the broker URL, credentials and group timing."""
     import faust
 
     kafka = settings.kafka
-    config: dict[str, Any] = {"broker": ";".join(f"kafka://{host}" for host in bootstrap.split(","))}
+    config: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{host}" for host in bootstrap.split(",")),
+        # Faust's defaults (session 60 s, rebalance 60 s, heartbeat 3 s) make a worker wait ~30 s for
+        # its group; these let it join in the ~3 s Tansu's group coordinator takes
+        "broker_session_timeout": 6.0,
+        "broker_heartbeat_interval": 1.0,
+        "broker_rebalance_timeout": 6.0,
+    }
     context = ssl_context(settings)
     if kafka.security_protocol.startswith("SASL"):
         client_kwargs(settings, bootstrap)  # same checks, same message
@@ -118,6 +125,18 @@ def faust_broker_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
     elif context is not None:
         config["broker_credentials"] = faust.SSLCredentials(context)
     return config
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 # -- a sync bridge for the few async checks we need outside an event loop ------------------
@@ -237,12 +256,7 @@ class EmbeddedBroker:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        stop_process(process, timeout)
         log.info("embedded Tansu broker on %s stopped", self.bootstrap)
 
     def __enter__(self) -> "EmbeddedBroker":

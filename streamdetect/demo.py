@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 import orjson
 
 from offline.bundle import BundleError, load_current
-from streamdetect.broker import EmbeddedBroker, ResolvedBroker, client_kwargs, ensure_topics, free_port, resolve_bootstrap
+from streamdetect.broker import EmbeddedBroker, stop_process, ResolvedBroker, client_kwargs, ensure_topics, free_port, resolve_bootstrap
 from streamdetect.collect import Outputs, collect_outputs
 from streamdetect.feeds import get_feed
 from streamdetect.replay import dataset_slice, malformed_examples, send_messages
@@ -81,14 +80,7 @@ def worker_metrics(web_port: int) -> dict:
 
 
 def stop_worker(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+    stop_process(process, timeout)
 
 
 # -- the report ----------------------------------------------------------------------------------------
