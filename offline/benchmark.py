@@ -102,10 +102,14 @@ def regenerate_readme(suite: str, results_path: Path, readme: Path = README) -> 
     if not results_path.exists():
         return
     rows = pd.read_csv(results_path, dtype={"target_class": str})
-    body = import_module(SUITES[suite]).tables(rows).strip()
-    section = f"<!-- suite:{suite} -->\n{body}\n<!-- /suite:{suite} -->"
+    write_readme_section(suite, import_module(SUITES[suite]).tables(rows), readme)
+
+
+def write_readme_section(name: str, body: str, readme: Path = README) -> None:
+    """Replace (or append) the ``<!-- suite:NAME -->`` section of benchmarks/README.md with ``body``."""
+    section = f"<!-- suite:{name} -->\n{body.strip()}\n<!-- /suite:{name} -->"
     text = readme.read_text() if readme.exists() else "# Benchmarks\n\nEvery table below is generated from `benchmarks/results/*.csv` by the command it names; do not edit between the markers.\n"
-    pattern = re.compile(rf"<!-- suite:{re.escape(suite)} -->.*?<!-- /suite:{re.escape(suite)} -->", re.S)
+    pattern = re.compile(rf"<!-- suite:{re.escape(name)} -->.*?<!-- /suite:{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     readme.write_text(text)
 

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import click
 import numpy as np
 import pandas as pd
 
+from offline.benchmark import write_readme_section
+
 log = logging.getLogger("offline.gan_vs_vae")
 
 RESULTS = Path("benchmarks/results/gan_vs_vae.csv")
 FIGURES = Path("benchmarks/figures")
-README = Path("benchmarks/README.md")
 LAST_EPOCHS = 3
 MIN_CLASSES = 8
 PER_EPOCH_SAMPLES = 2000
@@ -133,14 +133,6 @@ def table(rows: pd.DataFrame) -> str:
             f"{g['interp_path_ratio'].mean():.2f} | {g['interp_max_step_ratio'].mean():.2f} | {g['classifier_accuracy'].mean():.3f} |"
         )
     return "\n".join(lines)
-
-
-def write_readme_section(name: str, body: str, readme: Path = README) -> None:
-    section = f"<!-- suite:{name} -->\n{body.strip()}\n<!-- /suite:{name} -->"
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"<!-- suite:{re.escape(name)} -->.*?<!-- /suite:{re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    readme.write_text(text)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
