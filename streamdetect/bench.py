@@ -342,6 +342,13 @@ async def raw_consume(kafka: dict, topic: str, n: int, *, max_records: int, deco
 
 
 # -- 3. latency ----------------------------------------------------------------------------------
+#: the offering producer's linger: Apache Kafka's producer default since 4.0. It also matters here:
+#: Tansu's memory storage scans a partition's record batches on every fetch, so its fetch latency
+#: grows with the number of batches a partition holds (measured: after 20k single-record batches a
+#: plain consumer's p99 is 313 ms, after the same 20k events in bulk batches 32 ms), and a producer
+#: that sends every event as its own batch measures that scan, not the worker
+OFFER_LINGER_MS = 5
+
 async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict], rate: float, *,
                             warmup_s: float = 1.0, timeout: float = 60.0) -> dict:
     """Offer ``events`` at ``rate``/s to the worker's input topic, each with its send time as Kafka
@@ -360,7 +367,7 @@ async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict],
         # skip what the scores topic already holds (read to the fetch high watermark: Tansu's
         # ListOffsets(latest) cannot be trusted, see broker.py)
         await wait_caught_up(consumer)
-        producer = AIOKafkaProducer(**kafka, linger_ms=0, acks=1)
+        producer = AIOKafkaProducer(**kafka, linger_ms=OFFER_LINGER_MS, acks=1)
         await producer.start()
         messages = [(e["event_id"], orjson.dumps(e)) for e in events]
 
@@ -412,15 +419,18 @@ async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict],
     }
 
 
-async def plain_latency(kafka: dict, topic: str, rate: float, seconds: float, *, warmup_s: float = 1.0) -> dict:
+async def plain_latency(kafka: dict, topic: str, rate: float, seconds: float, *, fetch_max_wait_ms: int,
+                        warmup_s: float = 1.0) -> dict:
     """The broker's own latency at the same offered rate: a producer with a timestamp in each event
-    and a plain consumer (fetch wait 50 ms) in this process; one hop, no work."""
+    and a plain consumer (the worker's fetch wait) in this process; one hop, no work. What ``topic``
+    already holds is read first and not measured."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     consumer = AIOKafkaConsumer(topic, **kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=50)
+                                fetch_max_wait_ms=fetch_max_wait_ms, max_partition_fetch_bytes=4 << 20)
     await consumer.start()
-    producer = AIOKafkaProducer(**kafka, linger_ms=0, acks=1)
+    await wait_caught_up(consumer)
+    producer = AIOKafkaProducer(**kafka, linger_ms=OFFER_LINGER_MS, acks=1)
     await producer.start()
     n = int(rate * seconds)
     latencies: list[float] = []
@@ -767,35 +777,51 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
         log.info("bench: worker %s ev/s (ratio %s); stages %s", result["worker_eps"], result["ratio"],
                  result["stages_ms_per_1k"])
 
-        # 3. latency at a fixed offered rate, same worker, caught up
+        memory = worker.memory_mb()
+        result["worker_rss_mb"] = memory["peak_rss_mb"]
+        result["worker_rss_now_mb"] = memory["rss_mb"]
+        worker.stop()
+
+        # 3. latency at a fixed offered rate: a worker of its own on a fresh topic, and the plain consumer
+        # on another fresh topic for as long, both fed by the same producer; fresh topics because Tansu's
+        # fetch slows down with the batches a partition holds (OFFER_LINGER_MS), which the 200k-event
+        # topic above would add to both; that effect is measured on its own (``plain_consumer_latency_ms_after_backlog``)
         if "latency" not in skip:
             # this process holds the 200k events of the throughput run: free them, and keep the collector
             # off what remains, so that no full collection here stalls the offering or the measuring
             del events, messages, account
             gc.collect()
             gc.freeze()
+            latency_topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
+            lat_settings, lat_env = run_settings(base, registry, free_port(), transactions=latency_topic)
+            ensure_topics(bootstrap, lat_settings)
+            lat_worker = WorkerProcess(lat_settings, lat_env, bootstrap, logs / "latency-worker.log")
+            workers.append(lat_worker)
+            lat_worker.start()
+            # the first batches load torch kernels and the drift detectors: not part of the measurement
+            asyncio.run(offer_and_measure(kafka, lat_settings, transaction_events(base, int(rate), prefix="warm"), rate,
+                                          warmup_s=0.0))
             offered = transaction_events(base, int(rate * latency_seconds), prefix="lat")
-            before = worker.metrics()
-            latency = asyncio.run(offer_and_measure(kafka, settings, offered, rate, warmup_s=1.0))
-            after = worker.metrics()
+            before = lat_worker.metrics()
+            latency = asyncio.run(offer_and_measure(kafka, lat_settings, offered, rate, warmup_s=1.0))
+            after = lat_worker.metrics()
+            lat_worker.stop()
             batches = max(after["batches"] - before["batches"], 1)
             latency["worker_busy_ms_per_batch"] = round((after["busy_seconds"] - before["busy_seconds"]) / batches * 1000, 2)
             latency["worker_stage_ms_per_batch"] = {
                 k: round((v - before.get("stage_seconds", {}).get(k, 0.0)) / batches * 1000, 2)
                 for k, v in after.get("stage_seconds", {}).items()}
-            total += len(offered)
+            latency["producer_linger_ms"] = OFFER_LINGER_MS
             result["offered_eps"] = round(latency.pop("offered_eps"))
             result["latency_ms"] = latency.pop("latency_ms")
             result["latency_run"] = latency
             result["load_avg"]["latency"] = load_avg()
             plain_topic = f"bench-plain-latency-{uuid.uuid4().hex[:8]}"
             ensure_topics(bootstrap, base, [plain_topic])
-            result["plain_consumer_latency_ms"] = asyncio.run(plain_latency(kafka, plain_topic, rate, min(latency_seconds, 10.0)))
-            log.info("bench: latency at %s ev/s: %s", result["offered_eps"], result["latency_ms"])
-        memory = worker.memory_mb()
-        result["worker_rss_mb"] = memory["peak_rss_mb"]
-        result["worker_rss_now_mb"] = memory["rss_mb"]
-        worker.stop()
+            result["plain_consumer_latency_ms"] = asyncio.run(plain_latency(kafka, plain_topic, rate, latency_seconds,
+                                                                                 fetch_max_wait_ms=base.kafka.fetch_max_wait_ms))
+            log.info("bench: latency at %s ev/s: %s (plain consumer %s)", result["offered_eps"], result["latency_ms"],
+                     result["plain_consumer_latency_ms"])
 
         # 4. the same replay through a plain Faust agent
         if "faust-agent" not in skip:
@@ -844,6 +870,14 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
             for w in pair:
                 w.stop()
             log.info("bench: two workers %s ev/s (x%s)", result["two_workers_eps"], result["two_worker_speedup"])
+
+        # the broker's latency on the throughput topic, behind its backlog (last: it adds events to that topic)
+        if "latency" not in skip:
+            result["plain_consumer_latency_ms_after_backlog"] = {
+                "topic_events_before": n_events,
+                **asyncio.run(plain_latency(kafka, topic, rate, min(latency_seconds, 10.0),
+                                             fetch_max_wait_ms=base.kafka.fetch_max_wait_ms)),
+            }
 
         # 6. reliability soak
         if "soak" not in skip:

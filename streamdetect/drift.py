@@ -74,6 +74,21 @@ class PValueDrift:
             self.quiet_until = self.count + self.cooldown
         self.recent.append(x)
 
+    def update_many(self, values: list[float]) -> list[int]:
+        """``update`` for each value; the indices at which a drift was reported."""
+        river, recent = self._river, self.recent
+        hits = []
+        for i, x in enumerate(values):
+            river.update(x)
+            self.count += 1
+            if river.drift_detected and self.count >= self.min_events and self.count >= self.quiet_until:
+                self._before_mean = float(np.mean(recent)) if recent else None
+                self.quiet_until = self.count + self.cooldown
+                hits.append(i)
+            recent.append(x)
+        self.drift_detected = bool(hits) and hits[-1] == len(values) - 1
+        return hits
+
     def evidence(self) -> dict:
         """What the detector saw: recent mean vs. the expected 1/2, the window river kept, counts."""
         recent = list(self.recent)
@@ -139,16 +154,26 @@ class DriftMonitor:
         return detector
 
     def update_batch(self, keys: Sequence[str], values: np.ndarray, *, model_version: str,
-                     event_times: Sequence[str | None] | None = None, partition: int | None = None) -> list[DriftEvent]:
+                     event_times: Sequence | None = None, partition: int | None = None) -> list[DriftEvent]:
+        """Feed each key's detector its values (grouped by key, in order); ``event_times`` (datetimes
+        or strings) label the drift events."""
+        by_key: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            rows = by_key.get(key)
+            if rows is None:
+                by_key[key] = [i]
+            else:
+                rows.append(i)
+        values = np.asarray(values, dtype=np.float64)
         events = []
-        for i, (key, value) in enumerate(zip(keys, np.asarray(values, dtype=np.float64).tolist())):
+        for key, rows in by_key.items():
             detector = self._get(key)
-            detector.update(value)
-            if detector.drift_detected:
+            for hit in detector.update_many(values[rows].tolist()):
                 evidence = detector.evidence()
                 log.warning("drift on %s key %r (model %s): %s", self.feed, key, model_version, evidence)
+                when = None if event_times is None else event_times[rows[hit]]
                 events.append(DriftEvent(self.feed, key, model_version,
-                                         None if event_times is None else event_times[i], partition, evidence))
+                                         when.isoformat() if hasattr(when, "isoformat") else when, partition, evidence))
                 self.outbox.append(events[-1].to_message())
         return events
 

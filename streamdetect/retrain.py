@@ -133,7 +133,7 @@ def event_frame(feed_name: str, events: Sequence[dict], window_config: dict | No
         columns, ready = fold_windows([m.sensor_id for m in models], [m.values for m in models],
                                       {} if feed_state is None else feed_state, config, stats)
     else:
-        columns, ready = feed.columns(models), np.ones(len(models), dtype=bool)
+        columns, ready = feed.columns_of(models), np.ones(len(models), dtype=bool)
     return pd.DataFrame(columns), ids, ready, models
 
 

@@ -244,6 +244,10 @@ class BatchScorer(Service):
         # start-up objects (Faust, torch, the bundle) live as long as the worker: moved out of the
         # collector's sight, full collections no longer walk them after every few batches
         gc.freeze()
+        # a batch allocates ~10 container objects per event (events, their dicts, times), nearly all
+        # freed by reference counting when the batch ends; the default threshold (700) would run a
+        # young-generation collection every ~70 events for nothing
+        gc.set_threshold(50_000, 20, 20)
         self.consumer.subscribe(list(self.feeds), listener=_Rebalance(self))
         await self.consumer.start()
         log.info("batch scorer: consuming %s as group %s", ", ".join(self.feeds), self.settings.kafka.consumer_group)
@@ -272,6 +276,8 @@ class BatchScorer(Service):
             if self.to_commit and self.consumer is not None:
                 self.committing = asyncio.ensure_future(self._commit())
                 await asyncio.shield(self.committing)
+                # settled batches meanwhile accumulate in ``to_commit``: one commit covers them all
+                await self.sleep(self.settings.kafka.commit_interval_ms / 1000)
 
     async def _commit(self) -> None:
         offsets, self.to_commit = self.to_commit, {}

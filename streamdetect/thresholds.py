@@ -74,6 +74,16 @@ class KeyLevel:
         self.values.append(value)
         self.count += 1
 
+    def update_many(self, values: list[float]) -> None:
+        if len(values) > self.values.maxlen:  # only the last window's worth can stay in the window
+            self.count += len(values) - self.values.maxlen
+            values = values[-self.values.maxlen:]
+        update = self.quantile.update
+        for value in values:
+            update(value)
+        self.values.extend(values)
+        self.count += len(values)
+
     def median(self) -> float | None:
         return self.quantile.get()
 
@@ -134,13 +144,21 @@ class PartitionState:
         return out
 
     def update(self, keys: Sequence[str], scores: np.ndarray) -> None:
+        # grouped by key, in order: one bulk update per key (a batch often has one key: the feed's "")
+        by_key: dict[str, list[float]] = {}
         for key, score in zip(keys, scores.tolist()):
+            values = by_key.get(key)
+            if values is None:
+                by_key[key] = [score]
+            else:
+                values.append(score)
+        for key, values in by_key.items():
             level = self.keys.get(key)
             if level is None:
                 level = self.keys[key] = KeyLevel(self.window)
             else:
                 self.keys.move_to_end(key)
-            level.update(score)
+            level.update_many(values)
         while len(self.keys) > self.max_keys:
             self.keys.popitem(last=False)  # least recently seen key
 
@@ -200,7 +218,8 @@ def apply_thresholds(
     With ``event_times`` (unix seconds) and a budget configured, alerts beyond a key's budget per
     hour are suppressed (``result.suppressed``)."""
     scores = np.asarray(scores, dtype=np.float64)
-    calibration_median = max(float(np.median(calibration_sorted)), 1e-12)
+    n = len(calibration_sorted)  # sorted: the median is its middle (np.median would sort it again)
+    calibration_median = max(float(calibration_sorted[(n - 1) // 2] + calibration_sorted[n // 2]) / 2.0, 1e-12) if n else 1e-12
     by_key = state.factors(keys, calibration_median)
     factors = np.fromiter((by_key[k] for k in keys), dtype=np.float64, count=len(keys))
     p = p_values(scores / factors, calibration_sorted)

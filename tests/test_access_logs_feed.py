@@ -29,7 +29,7 @@ def test_feed_columns_match_the_offline_features(nsl_kdd):
     feed = get_feed("access-logs")
     rows = PROTOCOL_SPLITS["nsl-kdd"](data).test[:300]
     events = [feed.event_model.model_validate(e) for e in feed.events_from_dataset(data, rows)]
-    columns = feed.columns(events)
+    columns = feed.columns_of(events)
     for name in data.numeric:
         np.testing.assert_allclose(columns[name], data.features[name].to_numpy()[rows], atol=1e-6, err_msg=name)
     for name in data.categorical:

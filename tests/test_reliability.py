@@ -20,7 +20,7 @@ import pytest
 from fixtures_reliability import CANARY_PASSWORD, SOAK_FUZZED_EVENTS, SOAK_KILL_CYCLES
 from streamdetect import pipeline
 from streamdetect.broker import client_kwargs, faust_broker_config, redacted
-from streamdetect.feeds import get_feed
+from streamdetect.feeds import EventTable, get_feed
 from streamdetect.fuzz import KINDS, fuzzed_messages
 from streamdetect.records import DeadLetter, alert_id
 from streamdetect.settings import Settings
@@ -43,9 +43,9 @@ def test_fuzzed_events_are_all_bad_and_of_every_kind(good_events):
     assert len(set(messages)) == len(messages), "fuzzed messages are distinct"
 
 
-def test_fast_path_gives_exactly_the_two_step_outputs(good_events, creditcard_bundle):
-    """validate_json (decode + validate from the bytes) vs orjson + model_validate: same scores,
-    alerts and dead letters, byte for byte, on good events mixed with fuzzed ones."""
+def test_fast_path_gives_exactly_the_two_step_outputs(good_events, creditcard_bundle, monkeypatch):
+    """validate_batch (one pydantic-core call for the batch) vs orjson + model_validate per event:
+    same scores, alerts and dead letters, byte for byte, on good events mixed with fuzzed ones."""
     bad = fuzzed_messages(good_events[:100], 3000, seed=11)
     messages = [orjson.dumps(e) for e in good_events] + [m for _, m in bad]
     random.Random(0).shuffle(messages)
@@ -56,13 +56,14 @@ def test_fast_path_gives_exactly_the_two_step_outputs(good_events, creditcard_bu
                                       new_state=lambda: PartitionState(window=100, warmup=10), rate=0.05,
                                       max_event_bytes=64 * 1024, now=1_700_000_001.0)
 
+    def two_step(records, feed, *, max_event_bytes):
+        decoded, dead = pipeline.decode(records, feed=feed.name, max_event_bytes=max_event_bytes)
+        valid, invalid = pipeline.validate(decoded, feed)
+        return [v.record for v in valid], EventTable.from_events([v.event for v in valid]), dead + invalid
+
     fast = run()
-    original = pipeline.validate_json
-    pipeline.validate_json = lambda records, feed, max_event_bytes: ([], list(records))
-    try:
-        slow = run()
-    finally:
-        pipeline.validate_json = original
+    monkeypatch.setattr(pipeline, "validate_batch", two_step)
+    slow = run()
     assert fast.scored == slow.scored == len(good_events)
     assert len(fast.dead_letters) == len(bad)
     assert fast.scores == slow.scores and fast.alerts == slow.alerts and fast.dead_letters == slow.dead_letters

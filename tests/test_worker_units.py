@@ -72,7 +72,7 @@ def test_columns_follow_the_bundle_schema(events, creditcard_bundle):
     decoded, _ = pipeline.decode(records_of([orjson.dumps(e) for e in events[0][:50]]), feed="transactions",
                                  max_event_bytes=65536)
     valid, _ = pipeline.validate(decoded, FEED)
-    columns = FEED.columns([v.event for v in valid])
+    columns = FEED.columns_of([v.event for v in valid])
     assert set(creditcard_bundle.schema.input_columns) <= set(columns)
     np.testing.assert_allclose(columns["Amount"], [e["Amount"] for e in events[0][:50]])
 

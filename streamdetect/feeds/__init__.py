@@ -2,7 +2,8 @@
 
 A feed is one module in this package that defines a pydantic event model (extra fields
 forbidden, non-finite numbers forbidden, ranges checked), names its entity key field, builds
-the column dict the bundle's ``FeatureSchema`` reads from a batch of validated events, and says
+the column dict the bundle's ``FeatureSchema`` reads from a batch of validated events (an
+``EventTable``), and says
 how to turn rows of its benchmark dataset into events (for ``replay record``). Register it in
 ``FEEDS`` below: the worker, the replay tool and the demo never special-case a feed.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib import import_module
-from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Json, TypeAdapter
+
+from streamdetect.feeds.columnar import EventTable
 
 if TYPE_CHECKING:
     from offline.data import TabularData
@@ -29,7 +32,7 @@ class Feed:
     topic_setting: str  # field of settings.topics holding the topic name
     event_model: type[BaseModel]
     key_field: str | None  # entity key (card, host, sensor); None: the feed has none
-    columns: Callable[[Sequence[BaseModel]], dict[str, np.ndarray]]
+    columns: Callable[[EventTable], dict[str, np.ndarray]]
     dataset: str | None = None  # benchmark dataset the replay tool records events from
     events_from_dataset: Callable[["TabularData", np.ndarray], list[dict]] | None = None
     #: feeds whose features need per-partition state (e.g. sliding windows): (events, feed_state, bundle)
@@ -43,6 +46,27 @@ class Feed:
         """The entity key for adaptive thresholds; events without one share the key ""."""
         value = getattr(event, self.key_field) if self.key_field else None
         return "" if value is None else str(value)
+
+    def keys(self, table: EventTable) -> list[str]:
+        """``key_of`` for every event of a table."""
+        if not self.key_field:
+            return [""] * table.n
+        return ["" if value is None else str(value) for value in table.text(self.key_field)]
+
+    def columns_of(self, events: Sequence[BaseModel]) -> dict[str, np.ndarray]:
+        """The bundle's columns of pydantic events (the worker goes through ``EventTable`` itself)."""
+        return self.columns(EventTable.from_events(events))
+
+    @property
+    def batch_validator(self) -> TypeAdapter:
+        """Validates a list of raw JSON events in one pydantic-core call (~5 us per transaction
+        event instead of ~7 us one call per event); errors name the failing items by index."""
+        return _batch_validator(self.event_model)
+
+
+@cache
+def _batch_validator(model: type[BaseModel]) -> TypeAdapter:
+    return TypeAdapter(list[Json[model]])
 
 
 #: feed name -> "module:attribute" of its ``Feed``; imported lazily
@@ -61,13 +85,11 @@ def get_feed(name: str) -> Feed:
     return getattr(import_module(module), attribute)
 
 
-def numeric_columns(events: Sequence[BaseModel], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Columns of float fields as float64 arrays (one attrgetter call per event, then one array)."""
-    if not events:
+def numeric_columns(table: EventTable, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Columns of float fields as float64 arrays."""
+    if table.n == 0:
         return {name: np.empty(0, dtype=np.float64) for name in names}
-    getter = attrgetter(*names)
-    block = np.array([getter(e) for e in events], dtype=np.float64).reshape(len(events), len(names))
-    return {name: block[:, j] for j, name in enumerate(names)}
+    return {name: table.number(name) for name in names}
 
 
-__all__ = ["FEEDS", "Feed", "get_feed", "numeric_columns"]
+__all__ = ["FEEDS", "EventTable", "Feed", "get_feed", "numeric_columns"]

@@ -13,7 +13,7 @@ one-hot column, e.g. ``service=<other>`` with value 1 and expected ~0.
 
 >>> event = AccessLogEvent.model_validate({**{name: 0 for name in NUMERIC_FIELDS}, "protocol_type": "tcp",
 ...     "service": "http", "flag": "SF", "event_id": "nsl-kdd-1", "event_time": "2024-01-01T00:00:00Z", "host": "web-1"})
->>> FEED.key_of(event), FEED.columns([event])["service"].tolist()
+>>> FEED.key_of(event), FEED.columns_of([event])["service"].tolist()
 ('web-1', ['http'])
 """
 
@@ -26,7 +26,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from streamdetect.feeds import Feed, numeric_columns
+from streamdetect.feeds import EventTable, Feed, numeric_columns
 
 #: the 41 KDD Cup 99 connection fields in the order of kddcup.names (a test checks them against the file)
 KDD_FIELDS = [
@@ -65,10 +65,10 @@ AccessLogEvent: type[BaseModel] = create_model(
 )
 
 
-def access_log_columns(events: Sequence[BaseModel]) -> dict[str, np.ndarray]:
-    columns = numeric_columns(events, NUMERIC_FIELDS)
+def access_log_columns(table: EventTable) -> dict[str, np.ndarray]:
+    columns = numeric_columns(table, NUMERIC_FIELDS)
     for name in TEXT_FIELDS:
-        columns[name] = np.array([getattr(e, name) for e in events], dtype=object)
+        columns[name] = np.array(table.text(name), dtype=object)
     return columns
 
 

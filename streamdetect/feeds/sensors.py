@@ -47,7 +47,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from offline.windows import MANIFEST_KEY, STATE_KEY, STATS_KEY, WindowConfig, fold_windows, stats_of_bundle, window_frame  # noqa: F401
-from streamdetect.feeds import Feed
+from streamdetect.feeds import EventTable, Feed
 
 MAX_CHANNELS = 16
 
@@ -93,9 +93,9 @@ def stateful_columns(events: Sequence[SensorEvent], feed_state: dict, bundle) ->
     return columns, ready | wrong_shape
 
 
-def sensor_columns(events: Sequence[SensorEvent]) -> dict[str, np.ndarray]:
+def sensor_columns(table: EventTable) -> dict[str, np.ndarray]:
     """The stateless view (latest reading only); the worker uses ``featurize_windows``."""
-    return {"value": np.fromiter((e.values[0] for e in events), dtype=np.float64, count=len(events))}
+    return {"value": np.fromiter((e.values[0] for e in table.events), dtype=np.float64, count=table.n)}
 
 
 def events_from_dataset(data, index: np.ndarray) -> list[dict]:

@@ -6,7 +6,7 @@ of the adaptive thresholds; the public data set has none, so replayed events sha
 
 >>> event = TransactionEvent.model_validate(
 ...     {"event_id": "cc-1", "event_time": "2013-09-01T00:00:00Z", "Amount": 9.99, **{f"V{i}": 0.0 for i in range(1, 29)}})
->>> FEED.key_of(event), FEED.columns([event])["Amount"].tolist()
+>>> FEED.key_of(event), FEED.columns_of([event])["Amount"].tolist()
 ('', [9.99])
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from offline.data.creditcard import hour_of_day_columns
-from streamdetect.feeds import Feed, numeric_columns
+from streamdetect.feeds import EventTable, Feed, numeric_columns
 
 PCA_COLUMNS = [f"V{i}" for i in range(1, 29)]
 NUMERIC_COLUMNS = PCA_COLUMNS + ["Amount"]
@@ -51,18 +51,12 @@ TransactionEvent: type[BaseModel] = create_model(
 )
 
 
-def transaction_columns(events: Sequence[BaseModel]) -> dict[str, np.ndarray]:
+def transaction_columns(table: EventTable) -> dict[str, np.ndarray]:
     """The numeric fields plus the hour of day of ``event_time`` (UTC), as the bundle's schema expects."""
-    columns = numeric_columns(events, NUMERIC_COLUMNS)
-    hours = np.fromiter((_hour_of_day(e.event_time) for e in events), dtype=np.float64, count=len(events))
+    columns = numeric_columns(table, NUMERIC_COLUMNS)
+    hours = (table.epoch_seconds("event_time") % 86_400.0) / 3_600.0  # since midnight UTC
     columns.update(hour_of_day_columns(hours))
     return columns
-
-
-def _hour_of_day(when: dt.datetime) -> float:
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc)
-    return when.hour + when.minute / 60.0 + when.second / 3600.0 + when.microsecond / 3.6e9
 
 
 def events_from_dataset(data, index: np.ndarray) -> list[dict]:

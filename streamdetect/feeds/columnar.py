@@ -1,0 +1,95 @@
+"""Validated events column by column: what a feed's ``columns`` reads.
+
+Number fields are float64 arrays, string fields lists, datetime fields lists of datetimes, one
+entry per event. The worker validates a batch with one pydantic-core call (``pipeline``) and
+turns the events into a table here once, so that featurization, keys, times and ids are read
+column-wise instead of attribute by attribute per event (measured on a 2048-event transaction
+batch: 0.4 us per event to build the table vs ~4 us for per-field reads).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from operator import itemgetter
+
+import numpy as np
+from pydantic import BaseModel
+
+
+@dataclass
+class EventTable:
+    """A batch of validated events, by field."""
+
+    n: int
+    numbers: dict[str, np.ndarray] = field(default_factory=dict)
+    texts: dict[str, list] = field(default_factory=dict)  # None where an optional string is absent
+    times: dict[str, list[dt.datetime]] = field(default_factory=dict)
+    objects: list[dict] | None = None  # the decoded JSON objects (the fast path has them; alerts quote them)
+    events: list[BaseModel] | None = None  # the pydantic events, when built from them (stateful feeds read these)
+    _epoch: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def number(self, name: str) -> np.ndarray:
+        return self.numbers[name]
+
+    def text(self, name: str) -> list:
+        return self.texts[name]
+
+    def time(self, name: str) -> list[dt.datetime]:
+        return self.times[name]
+
+    def epoch_seconds(self, name: str) -> np.ndarray:
+        """Seconds since the epoch (a naive time is taken as UTC), computed once per field."""
+        cached = self._epoch.get(name)
+        if cached is None:
+            utc = dt.timezone.utc
+            cached = self._epoch[name] = np.fromiter(
+                ((t if t.tzinfo is not None else t.replace(tzinfo=utc)).timestamp() for t in self.times[name]),
+                dtype=np.float64, count=self.n)
+        return cached
+
+    @classmethod
+    def from_events(cls, events: Sequence[BaseModel]) -> "EventTable":
+        """From pydantic events of one model; its float fields become numbers, datetime fields times,
+        the others texts (as the events hold them)."""
+        events = list(events)
+        table = cls(len(events), events=events)
+        if not events:
+            return table
+        numbers, times, texts = _layout(type(events[0]))
+        fields = [e.__dict__ for e in events]  # a pydantic model keeps its field values in __dict__
+        if numbers:
+            rows = [itemgetter(*numbers)(f) for f in fields] if len(numbers) > 1 else [(f[numbers[0]],) for f in fields]
+            block = np.array(rows, dtype=np.float64).reshape(len(events), len(numbers))
+            table.numbers = {name: block[:, j] for j, name in enumerate(numbers)}
+        table.times = {name: [f[name] for f in fields] for name in times}
+        table.texts = {name: [f[name] for f in fields] for name in texts}
+        return table
+
+    def take(self, index: Sequence[int]) -> "EventTable":
+        index = list(index)
+        return EventTable(
+            len(index),
+            numbers={k: v[index] for k, v in self.numbers.items()},
+            texts={k: [v[i] for i in index] for k, v in self.texts.items()},
+            times={k: [v[i] for i in index] for k, v in self.times.items()},
+            objects=None if self.objects is None else [self.objects[i] for i in index],
+            events=None if self.events is None else [self.events[i] for i in index],
+        )
+
+
+@cache
+def _layout(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(number, time, text) field names of a model, by annotation: required plain floats are
+    numbers, datetimes times, everything else (strings, optional or union fields) texts."""
+    numbers, times, texts = [], [], []
+    for name, info in model.model_fields.items():
+        if info.annotation is float and info.is_required():
+            numbers.append(name)
+        elif info.annotation is dt.datetime and info.is_required():
+            times.append(name)
+        else:
+            texts.append(name)
+    return tuple(numbers), tuple(times), tuple(texts)
