@@ -752,35 +752,45 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
         result["load_avg"]["raw"] = load_avg()
         log.info("bench: raw consumer %s ev/s (runs %s)", result["raw_consume_eps"], result["raw_consume_runs_eps"])
 
-        # 2. the worker on the same events
-        settings, env = run_settings(base, registry, free_port(), transactions=topic)
-        ensure_topics(bootstrap, settings, [t for t in (getattr(settings.topics, f) for f in TOPIC_FIELDS) if t != topic])
-        worker = WorkerProcess(settings, env, bootstrap, logs / "worker.log")
-        workers.append(worker)
-        worker.spawn()
-        ready_s = worker.wait_ready()
-        cpu_before = worker.cpu_seconds()
-        wait_for(lambda: safe_metrics(worker).get("events", 0) >= total, timeout=600, interval=0.5, what="worker backlog")
-        cpu_used = worker.cpu_seconds() - cpu_before
-        account = asyncio.run(read_outputs(kafka, settings, lambda a: sum(a.scored.values()) >= total, timeout=120,
-                                           topics=[settings.topics.scores]))
-        rate_1 = batch_rate(account.score_records)
-        metrics = worker.metrics()
+        # 2. the worker on the same events: like the ceiling, the median of 3 runs (each a fresh worker
+        # process and consumer group reading the whole topic); a run takes a few seconds, so one run
+        # alone moves with whatever else the 2 cores do at that moment
+        worker_runs = []
+        for attempt in range(1 if quick else 3):
+            settings, env = run_settings(base, registry, free_port(), transactions=topic)
+            ensure_topics(bootstrap, settings, [t for t in (getattr(settings.topics, f) for f in TOPIC_FIELDS) if t != topic])
+            worker = WorkerProcess(settings, env, bootstrap, logs / f"worker-{attempt}.log")
+            workers.append(worker)
+            worker.spawn()
+            ready_s = worker.wait_ready()
+            cpu_before = worker.cpu_seconds()
+            wait_for(lambda: safe_metrics(worker).get("events", 0) >= total, timeout=600, interval=0.5, what="worker backlog")
+            cpu_used = worker.cpu_seconds() - cpu_before
+            account = asyncio.run(read_outputs(kafka, settings, lambda a: sum(a.scored.values()) >= total, timeout=120,
+                                               topics=[settings.topics.scores]))
+            measured = batch_rate(account.score_records)
+            metrics = worker.metrics()
+            memory = worker.memory_mb()
+            worker.stop()
+            worker_runs.append({
+                "eps": measured["eps"], "metrics": metrics, "memory": memory,
+                "run": {**{k: round(v, 2) if isinstance(v, float) else v for k, v in measured.items()},
+                        "ready_s": round(ready_s, 1), "scored": metrics.get("scored"),
+                        "cpu_us_per_event": round(cpu_used / n_events * 1e6, 1),
+                        "all_scored": len(account.scored) == n_events},
+            })
+        median_run = sorted(worker_runs, key=lambda r: r["eps"])[len(worker_runs) // 2]
+        rate_1 = {"eps": median_run["eps"]}
         result["load_avg"]["worker"] = load_avg()
-        result["worker_eps"] = round(rate_1["eps"])
-        result["ratio"] = round(rate_1["eps"] / result["raw_consume_eps"], 3)
-        result["worker_run"] = {**{k: round(v, 2) if isinstance(v, float) else v for k, v in rate_1.items()},
-                                "ready_s": round(ready_s, 1), "scored": metrics.get("scored"),
-                                "cpu_us_per_event": round(cpu_used / n_events * 1e6, 1),
-                                "all_scored": len(account.scored) == n_events}
-        result["stages_ms_per_1k"] = stages_per_1k(metrics)
-        log.info("bench: worker %s ev/s (ratio %s); stages %s", result["worker_eps"], result["ratio"],
-                 result["stages_ms_per_1k"])
-
-        memory = worker.memory_mb()
-        result["worker_rss_mb"] = memory["peak_rss_mb"]
-        result["worker_rss_now_mb"] = memory["rss_mb"]
-        worker.stop()
+        result["worker_runs_eps"] = [round(r["eps"]) for r in worker_runs]
+        result["worker_eps"] = round(median_run["eps"])
+        result["ratio"] = round(median_run["eps"] / result["raw_consume_eps"], 3)
+        result["worker_run"] = median_run["run"]
+        result["stages_ms_per_1k"] = stages_per_1k(median_run["metrics"])
+        log.info("bench: worker %s ev/s (runs %s, ratio %s); stages %s", result["worker_eps"], result["worker_runs_eps"],
+                 result["ratio"], result["stages_ms_per_1k"])
+        result["worker_rss_mb"] = max(r["memory"]["peak_rss_mb"] for r in worker_runs)
+        result["worker_rss_now_mb"] = median_run["memory"]["rss_mb"]
 
         # 3. latency at a fixed offered rate: a worker of its own on a fresh topic, and the plain consumer
         # on another fresh topic for as long, both fed by the same producer; fresh topics because Tansu's
