@@ -424,38 +424,11 @@ async def plain_latency(kafka: dict, topic: str, rate: float, seconds: float, *,
     """The broker's own latency at the same offered rate: a producer with a timestamp in each event
     and a plain consumer (the worker's fetch wait) in this process; one hop, no work. What ``topic``
     already holds is read first and not measured."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from streamdetect.broker_probe import bare_consumer_latency
 
-    consumer = AIOKafkaConsumer(topic, **kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=fetch_max_wait_ms, max_partition_fetch_bytes=4 << 20)
-    await consumer.start()
-    await wait_caught_up(consumer)
-    producer = AIOKafkaProducer(**kafka, linger_ms=OFFER_LINGER_MS, acks=1)
-    await producer.start()
-    n = int(rate * seconds)
-    latencies: list[float] = []
-    try:
-        async def offer():
-            started = time.perf_counter()
-            for i in range(n):
-                ahead = i / rate - (time.perf_counter() - started)
-                if ahead > 0.001:
-                    await asyncio.sleep(ahead)
-                await producer.send(topic, b"x" * 480, key=str(i).encode(), timestamp_ms=int(time.time() * 1000))
-
-        sender = asyncio.create_task(offer())
-        deadline = time.monotonic() + seconds + 30
-        while len(latencies) < n and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=50)
-            now = time.time() * 1000
-            for records in batch.values():
-                latencies += [now - r.timestamp for r in records]
-        await sender
-    finally:
-        await producer.stop()
-        await consumer.stop()
-    kept = np.array(latencies[int(rate * warmup_s):])
-    return {q: round(float(np.percentile(kept, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+    measured = await bare_consumer_latency(kafka, topic, rate=rate, seconds=seconds, fetch_wait_ms=fetch_max_wait_ms,
+                                           linger_ms=OFFER_LINGER_MS, warmup_s=warmup_s)
+    return {q: measured[q] for q in ("p50", "p95", "p99")}
 
 
 async def wait_caught_up(consumer, timeout: float = 60.0) -> None:

@@ -71,3 +71,21 @@ def test_quick_run_writes_every_figure(creditcard_bundles, tmp_path):
                 "fuzzed_in_deadletter", "worker_restarts_needed"):
         assert key in reliability, key
     assert reliability["events_lost"] == 0 and reliability["fuzzed_in_deadletter"] == reliability["fuzzed_events"] == 300
+
+
+@pytest.mark.integration
+def test_broker_probe_measures_every_setting_on_a_real_broker(tmp_path):
+    """``python -m streamdetect.broker_probe`` on the embedded broker: every offered event arrives in
+    each measurement and every figure is written."""
+    out = tmp_path / "probe.json"
+    done = subprocess.run([sys.executable, "-m", "streamdetect.broker_probe", "--seconds", "2", "--backlog", "1500",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    runs = result["fetch_wait"] + [result["backlog"]["one_record_per_batch"], result["backlog"]["bulk_batches"]]
+    assert [r["fetch_max_wait_ms"] for r in result["fetch_wait"]] == [50, 10, 5]
+    for run in runs:
+        assert run["received"] == run["events"] == 4000
+        assert 0 <= run["p50"] <= run["p95"] <= run["p99"]
+    assert result["backlog"]["events_before"] == 1500
