@@ -244,9 +244,9 @@ class BatchScorer(Service):
         # start-up objects (Faust, torch, the bundle) live as long as the worker: moved out of the
         # collector's sight, full collections no longer walk them after every few batches
         gc.freeze()
-        # a batch allocates ~10 container objects per event (events, their dicts, times), nearly all
-        # freed by reference counting when the batch ends; the default threshold (700) would run a
-        # young-generation collection every ~70 events for nothing
+        # a batch allocates several container objects per event (the events, their field dicts),
+        # freed by reference counting when the batch ends; with the default threshold (700) the
+        # collector would scan them every few dozen events for nothing
         gc.set_threshold(50_000, 20, 20)
         self.consumer.subscribe(list(self.feeds), listener=_Rebalance(self))
         await self.consumer.start()

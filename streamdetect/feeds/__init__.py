@@ -59,8 +59,9 @@ class Feed:
 
     @property
     def batch_validator(self) -> TypeAdapter:
-        """Validates a list of raw JSON events in one pydantic-core call (~5 us per transaction
-        event instead of ~7 us one call per event); errors name the failing items by index."""
+        """Validates a list of raw JSON events in one pydantic-core call (measured on a 2048-event
+        transaction batch: ~5 us per event, ~7 us with one call per event); errors name the
+        failing items by index."""
         return _batch_validator(self.event_model)
 
 
