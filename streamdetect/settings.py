@@ -31,7 +31,7 @@ class KafkaSettings(BaseModel):
     consumer_group: str = Field("streamdetect-scorers", description="consumer group of the batch scorers (scale out: more workers, same group)")
     session_timeout_ms: int = Field(10_000, description="group membership timeout of the batch consumer")
     heartbeat_interval_ms: int = Field(1_000, description="group heartbeat of the batch consumer")
-    fetch_max_wait_ms: int = Field(10, ge=1, description="longest a fetch waits for data: Tansu answers an idle fetch only when this runs out (measured), so it bounds latency there; Apache Kafka answers as data arrives, so 100-500 suits it")
+    fetch_max_wait_ms: int = Field(10, ge=1, description="longest a fetch waits for data: Tansu answers an idle fetch only when this runs out (python -m streamdetect.broker_probe), so it bounds latency there; Apache Kafka answers as data arrives, so 100-500 suits it")
     commit_interval_ms: int = Field(200, ge=0, description="least time between offset commits of the batch scorer: a commit per batch costs a broker round trip per batch; a kill replays at most this much (at-least-once)")
 
 
