@@ -236,6 +236,7 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         command = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                    "--storage-engine", "memory://tansu/"]
+        Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             # own session: a Ctrl-C aimed at the worker does not kill the broker under it mid-shutdown
             self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
