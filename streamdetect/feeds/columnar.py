@@ -27,7 +27,6 @@ class EventTable:
     numbers: dict[str, np.ndarray] = field(default_factory=dict)
     texts: dict[str, list] = field(default_factory=dict)  # None where an optional string is absent
     times: dict[str, list[dt.datetime]] = field(default_factory=dict)
-    objects: list[dict] | None = None  # the decoded JSON objects (the fast path has them; alerts quote them)
     events: list[BaseModel] | None = None  # the pydantic events, when built from them (stateful feeds read these)
     _epoch: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -75,7 +74,6 @@ class EventTable:
             numbers={k: v[index] for k, v in self.numbers.items()},
             texts={k: [v[i] for i in index] for k, v in self.texts.items()},
             times={k: [v[i] for i in index] for k, v in self.times.items()},
-            objects=None if self.objects is None else [self.objects[i] for i in index],
             events=None if self.events is None else [self.events[i] for i in index],
         )
 
