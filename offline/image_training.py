@@ -12,7 +12,6 @@ Presets: ``quick`` (tests, seconds: a few hundred images, a few dozen steps, sma
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import time

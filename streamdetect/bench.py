@@ -28,7 +28,6 @@ raw consumer is measured the same way, from its first batch).
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import gc
 import json
@@ -881,7 +880,7 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
     return result
 
 
-STAGES = ("fetch", "decode_validate", "invalid", "featurize", "score", "threshold", "outputs", "publish", "checkpoint", "commit")
+STAGES = ("fetch", "decode_validate", "featurize", "score", "threshold", "outputs", "publish", "checkpoint", "commit")
 
 
 def stages_per_1k(metrics: dict) -> dict | None:

@@ -64,24 +64,17 @@ class PValueDrift:
         return river_drift.ADWIN(delta=self.delta)
 
     def update(self, x: float) -> None:
-        x = float(x)
-        self._river.update(x)
-        self.count += 1
-        detected = bool(self._river.drift_detected)
-        self.drift_detected = detected and self.count >= self.min_events and self.count >= self.quiet_until
-        if self.drift_detected:  # the mean of the values before this one (only now: it cost ~20 us per event)
-            self._before_mean = float(np.mean(self.recent)) if self.recent else None
-            self.quiet_until = self.count + self.cooldown
-        self.recent.append(x)
+        self.update_many([float(x)])
 
     def update_many(self, values: list[float]) -> list[int]:
-        """``update`` for each value; the indices at which a drift was reported."""
+        """Each value in turn; the indices at which a drift was reported (``drift_detected``: at the last)."""
         river, recent = self._river, self.recent
         hits = []
         for i, x in enumerate(values):
             river.update(x)
             self.count += 1
             if river.drift_detected and self.count >= self.min_events and self.count >= self.quiet_until:
+                # the mean of the values before this one (only now: it cost ~20 us per event)
                 self._before_mean = float(np.mean(recent)) if recent else None
                 self.quiet_until = self.count + self.cooldown
                 hits.append(i)

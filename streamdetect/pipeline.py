@@ -160,19 +160,18 @@ def validate_batch(records: Sequence[InputRecord], feed: Feed, *, max_event_byte
     its errors name the failing items, and a second call validates the others. The failing ones
     take the two-step path (``decode``, ``validate``) that words their dead letters."""
     candidates = [r for r in records if r.value is not None and len(r.value) <= max_event_bytes]
-    events: list = []
-    adapter = feed.batch_validator
-    for _ in range(2):
+    events: list | None = None
+    for _ in range(2):  # the batch; then, if some failed, the batch without them
         try:
-            events = adapter.validate_python([r.value for r in candidates]) if candidates else []
+            events = feed.batch_validator.validate_python([r.value for r in candidates]) if candidates else []
             break
         except ValidationError as exc:
             bad = {e["loc"][0] for e in exc.errors(include_url=False, include_input=False, include_context=False)
                    if e["loc"] and isinstance(e["loc"][0], int)}
-            candidates = [r for i, r in enumerate(candidates) if i not in bad]
             if not bad:
                 break
-    else:  # still failing once the bad items went: one call per record decides
+            candidates = [r for i, r in enumerate(candidates) if i not in bad]
+    if events is None:  # errors that name no item, or failures left after the bad items went: one call per record
         more, _ = validate_json(candidates, feed, max_event_bytes=max_event_bytes)
         events, candidates = [v.event for v in more], [v.record for v in more]
     accepted = {id(r) for r in candidates}
@@ -219,7 +218,6 @@ def process_batch(
     clock = [time.perf_counter()]
     valid, table, dead = validate_batch(records, feed, max_event_bytes=max_event_bytes)
     clock.append(time.perf_counter())
-    clock.append(clock[-1])  # "invalid": now part of validate_batch's time
     X = np.empty((0, bundle.schema.n_features), np.float32)
     warming = unseen = 0
     raw_numeric = None
@@ -301,10 +299,10 @@ def process_batch(
     stamps = [r.timestamp for r in records if r.timestamp]
     output.latency_ms_max = max(0.0, now * 1000 - min(stamps)) if stamps else 0.0
     clock.append(time.perf_counter())
-    # decode_validate: fast path, pydantic and dead letters; invalid: kept for the metrics' shape (0);
-    # threshold: thresholds, drift and the scores records; outputs: offsets and alerts
+    # decode_validate: validation and dead letters; threshold: thresholds, drift and the scores records;
+    # outputs: offsets and alerts
     output.stage_seconds = {stage: end - start for stage, start, end in
-                            zip(("decode_validate", "invalid", "featurize", "score", "threshold", "outputs"), clock, clock[1:])}
+                            zip(("decode_validate", "featurize", "score", "threshold", "outputs"), clock, clock[1:])}
     return output
 
 

@@ -70,9 +70,7 @@ class KeyLevel:
         self.count = max(count, self.count)
 
     def update(self, value: float) -> None:
-        self.quantile.update(value)
-        self.values.append(value)
-        self.count += 1
+        self.update_many([value])
 
     def update_many(self, values: list[float]) -> None:
         if len(values) > self.values.maxlen:  # only the last window's worth can stay in the window

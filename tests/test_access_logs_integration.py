@@ -9,7 +9,6 @@ import json
 import time
 import urllib.request
 
-import numpy as np
 import orjson
 import pytest
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.data import DATASET_FILES, DataError, DataStore, RemoteFile, dataset_files, load_tabular
+from offline.data import DATASET_FILES, DataError, DataStore, dataset_files, load_tabular
 from offline.data.kdd import (
     CATEGORICAL,
     KDDCUP99_NAMES,

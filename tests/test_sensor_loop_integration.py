@@ -14,7 +14,6 @@ import os
 import signal
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import orjson

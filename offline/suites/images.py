@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from offline.data.images import ImageData, class_label, load_images
+from offline.data.images import ImageData, load_images
 from offline.evaluation import oracle_best_f1_threshold, ranking_metrics, threshold_at_false_alarm_rate, thresholded_metrics
 from offline.image_training import (
     CALIBRATION_FRACTION,

@@ -133,7 +133,7 @@ def tables(rows: pd.DataFrame) -> str:
             out.append(f"| {model} | {_fmt(o['precision'])} | {_fmt(o['recall'])} | {_fmt(o['f1'])} | {_fmt(mean_f1)} | "
                        f"{o['tp']} | {o['fp']} | {o['fn']} | {_fmt(o['delay_hours'], 1)} | {_fmt(o['delay_fraction'], 2)} |")
         if len(summary) >= 2:
-            best, other = summary[0], summary[1]
+            best = summary[0]
             ratios = [f"{best[0]} / {m}: {best[1]['f1'] / o['f1']:.2f}" for m, o, _, _ in summary[1:] if o["f1"] > 0]
             out += ["", "Overall F1 ratios: " + "; ".join(ratios) + "."]
         models = [m for m, *_ in summary]

@@ -20,7 +20,6 @@ one-hot column, e.g. ``service=<other>`` with value 1 and expected ~0.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np

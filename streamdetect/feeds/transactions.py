@@ -13,7 +13,6 @@ of the adaptive thresholds; the public data set has none, so replayed events sha
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
