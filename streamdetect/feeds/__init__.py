@@ -59,9 +59,9 @@ class Feed:
 
     @property
     def batch_validator(self) -> TypeAdapter:
-        """Validates a list of raw JSON events in one pydantic-core call (measured on a 2048-event
-        transaction batch: ~5 us per event, ~7 us with one call per event); errors name the
-        failing items by index."""
+        """Validates a list of raw JSON events in one pydantic-core call (cheaper than one call per
+        event: ``decode_validate`` in benchmarks/results/stream.json); errors name the failing
+        items by index."""
         return _batch_validator(self.event_model)
 
 
