@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Json, TypeAdapter
 
 from streamdetect.feeds.columnar import EventTable
+from streamdetect.feeds.fast_decode import FastDecoder, fast_decoder
 
 if TYPE_CHECKING:
     from offline.data import TabularData
@@ -63,6 +64,12 @@ class Feed:
         event: ``decode_validate`` in benchmarks/results/stream.json); errors name the failing
         items by index."""
         return _batch_validator(self.event_model)
+
+
+    @property
+    def fast_decoder(self) -> "FastDecoder | None":
+        """The event model's msgspec mirror (``fast_decode``), None if the model has no exact one."""
+        return fast_decoder(self.event_model)
 
 
 @cache

@@ -67,6 +67,18 @@ class EventTable:
         table.texts = {name: [f[name] for f in fields] for name in texts}
         return table
 
+    @classmethod
+    def concat(cls, tables: Sequence["EventTable"]) -> "EventTable":
+        """The rows of ``tables`` one after the other (tables of one feed: the same fields)."""
+        first = tables[0]
+        return cls(
+            sum(t.n for t in tables),
+            numbers={k: np.concatenate([t.numbers[k] for t in tables]) for k in first.numbers},
+            texts={k: [v for t in tables for v in t.texts[k]] for k in first.texts},
+            times={k: [v for t in tables for v in t.times[k]] for k in first.times},
+            events=None if any(t.events is None for t in tables) else [e for t in tables for e in t.events],
+        )
+
     def take(self, index: Sequence[int]) -> "EventTable":
         index = list(index)
         return EventTable(
