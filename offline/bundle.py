@@ -52,6 +52,10 @@ class Bundle:
 
     @property
     def version(self) -> str:
+        # the registry names a bundle by its directory: one copied into another registry (or under
+        # another version) is that version there, whatever its manifest said where it was written
+        if _VERSION_RE.match(self.path.name):
+            return self.path.name
         return self.manifest.get("version") or self.path.name
 
     @property
@@ -162,7 +166,7 @@ def load_bundle(directory: Path) -> Bundle:
     try:
         tensors = load_file(str(weights))
         detector = detector_class(name).from_state(params, tensors, n_features=schema.n_features)
-    except (SafetensorError, KeyError, RuntimeError, TypeError, NotImplementedError) as exc:
+    except (SafetensorError, KeyError, RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
         raise BundleError(f"{weights}: cannot build model {name!r} from it ({exc})") from exc
     return Bundle(path=directory, manifest=manifest, detector=detector, schema=schema, calibration_scores=calibration)
 

@@ -42,13 +42,14 @@ from offline.benchmark import FIGURES_DIR, RESULTS_DIR, ResultsFile, regenerate_
 from offline.bundle import Bundle
 from offline.data import DataStore
 from offline.data.nab import SERIES, NABSeries, load_nab
-from offline.detectors.base import Detector, as_float32
+from offline.detectors import make_detector
 from offline.features import FeatureSchema
-from offline.suites.nab import EXTRA_COLUMNS, PROTOCOL, overall, window_metrics
+from offline.suites.nab import EXTRA_COLUMNS, KAFKA_PROTOCOL, PROTOCOL, overall, window_metrics
 from offline.train import fit_model
 from offline.windows import MANIFEST_KEY, STATS_KEY, WindowConfig, fit_sensor_stats, window_frame
 from streamdetect import pipeline
 from streamdetect.feeds import get_feed
+from streamdetect.nab_kafka import replay_series_through_kafka
 from streamdetect.pipeline import InputRecord
 from streamdetect.thresholds import PartitionState
 
@@ -67,42 +68,6 @@ TARGET_RATE = 0.01
 BUDGETS = {"p<0.01+budget-0.25/h": 0.25, "p<0.01+budget-1/h": 1.0}
 DEFAULT_RULE = "p<0.01+budget-0.25/h"
 BATCH = 256
-
-
-class StreamingHST(Detector):
-    """river HalfSpaceTrees as a streaming scorer: each ``score`` call scores a row, then learns it
-    (``score_one`` then ``learn_one``); rows are min-max scaled with the probationary windows' range."""
-
-    name = "hst-stream"
-
-    def __init__(self, *, n_trees: int = 25, height: int = 15, window_size: int = 250, seed: int = 0):
-        from river.anomaly import HalfSpaceTrees
-
-        self.n_trees, self.height, self.window_size, self.seed = n_trees, height, window_size, seed
-        self.model = HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
-        self.low = self.span = None
-        self.seen = 0
-
-    def _rows(self, X):
-        scaled = np.clip((as_float32(X) - self.low) / self.span, 0.0, 1.0)
-        for row in scaled:
-            yield dict(enumerate(row.tolist()))
-
-    def fit(self, X, *, X_val=None) -> "StreamingHST":
-        """Sets the scaling; returns the prequential scores of ``X`` (after the first window)."""
-        X = as_float32(X)
-        self.low = X.min(axis=0)
-        self.span = np.where(X.max(axis=0) > self.low, X.max(axis=0) - self.low, 1.0)
-        self.prequential = self.score(X)[self.window_size:]
-        return self
-
-    def score(self, X) -> np.ndarray:
-        out = np.empty(len(as_float32(X)), dtype=np.float64)
-        for i, row in enumerate(self._rows(X)):
-            out[i] = self.model.score_one(row)
-            self.model.learn_one(row)
-        self.seen += len(out)
-        return out
 
 
 def _probation_windows(series: NABSeries) -> tuple[pd.DataFrame, dict]:
@@ -141,16 +106,28 @@ def train_ae(series: NABSeries, preset: str, seed: int, registry: Path) -> tuple
     return bundles.load_bundle(directory), train_seconds
 
 
-def hst_bundle(series: NABSeries, seed: int) -> tuple[Bundle, float]:
-    """An in-memory bundle around a streaming HST (its state is not tensors: it never goes to disk)."""
+def hst_bundle(series: NABSeries, seed: int, registry: Path) -> tuple[Bundle, float]:
+    """river HalfSpaceTrees learning while it scores, after a first pass over the probationary
+    windows; its calibration scores are its prequential scores there. Saved as a bundle, which
+    stores the windows it learnt (``HalfSpaceTreesDetector``): loading relearns them."""
     windows, stats = _probation_windows(series)
     started = time.perf_counter()
     # river's reference window must fill before HST scores anything: short probations get a shorter one
     params = {**HST_PARAMS, "window_size": min(HST_PARAMS["window_size"], max(10, len(windows) // 3))}
-    detector = StreamingHST(**params, seed=seed).fit(windows.to_numpy(np.float32))
-    schema = FeatureSchema(numeric=WINDOW.names(), mean=[0.0] * len(WINDOW.names()), std=[1.0] * len(WINDOW.names()))
-    manifest = {"version": "hst", "model": {"name": "hst", "params": params}, "extra": {MANIFEST_KEY: WINDOW.to_dict(), STATS_KEY: stats}}
-    return Bundle(Path("."), manifest, detector, schema, np.sort(detector.prequential)), time.perf_counter() - started
+    detector = make_detector("hst", **params, seed=seed, learn_while_scoring=True, progress=False)
+    detector.fit(windows.to_numpy(np.float32))
+    names = WINDOW.names()
+    schema = FeatureSchema(numeric=names, mean=[0.0] * len(names), std=[1.0] * len(names))
+    directory = bundles.next_version_dir(registry, series.sensor_id)
+    bundles.save_bundle(
+        directory, detector=detector, schema=schema, calibration_scores=detector.prequential,
+        feed=FEED.name, dataset=f"nab:{series.name}",
+        score_definition="HalfSpaceTrees anomaly score of the sensor window (per-sensor standardised, min-max scaled)",
+        training_fingerprint=bundles.array_fingerprint(windows.to_numpy(np.float32)),
+        metrics={"train_windows": len(windows), "calibration": "prequential scores on the probationary windows"},
+        extra={MANIFEST_KEY: WINDOW.to_dict(), STATS_KEY: stats, "target_false_alarm_rate": TARGET_RATE, "seed": seed},
+    )
+    return bundles.load_bundle(directory), time.perf_counter() - started
 
 
 def events_of(series: NABSeries) -> list[bytes]:
@@ -287,11 +264,14 @@ def plot_category(category: str, corpus: dict[str, NABSeries], alerts: dict[tupl
 @click.option("--series", "only", multiple=True, help="NAB series (<category>/<file>.csv), repeatable; default all 31")
 @click.option("--models", default="ae-window+retrain,ae-window,hst", show_default=True,
               help="ae-window+retrain: the worker with its drift/retrain loop; ae-window: the first model only; hst: river HalfSpaceTrees")
+@click.option("--transport", type=click.Choice(["in-process", "kafka"]), default="in-process", show_default=True,
+              help="in-process: the worker's batch functions; kafka: an embedded broker and the worker process "
+                   "(nab_kafka.py; models ae-window and hst)")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
 @click.option("--figures-dir", type=click.Path(path_type=Path), default=FIGURES_DIR, show_default=True)
 @click.option("--registry", type=click.Path(path_type=Path), default=Path("runs/nab-registry"), show_default=True,
               help="where the per-series bundles are written")
-def main(preset, seed, only, models, results_dir, figures_dir, registry):
+def main(preset, seed, only, models, transport, results_dir, figures_dir, registry):
     """Replay NAB through the worker's batch code; window-level metrics per series and overall."""
     import torch
 
@@ -307,28 +287,50 @@ def main(preset, seed, only, models, results_dir, figures_dir, registry):
     alerts_for_plots: dict[str, dict] = {rule: {} for rule in BUDGETS}
     rows_by_model: dict[tuple[str, str], list[dict]] = {}
     existing = pd.read_csv(results.path) if results.path.exists() else pd.DataFrame()
+    protocol = PROTOCOL if transport == "in-process" else KAFKA_PROTOCOL
+    if transport == "kafka" and "ae-window+retrain" in model_names:
+        raise click.UsageError("the drift/retrain loop replays in-process only (it runs on event time): "
+                               "use --models ae-window,hst with --transport kafka")
+    trained_ae: dict[str, tuple[Bundle, float]] = {}  # one AE per series, shared by the threshold rules
     for model in model_names:
-        for name, series in tqdm(corpus.items(), desc=f"nab {model}", unit="series"):
-            identity = dict(dataset="nab", protocol=PROTOCOL, model=model, target_class=name, seed=seed, preset=preset)
-            if all(results.has(**identity, threshold_rule=rule) for rule in BUDGETS):
-                for rule in BUDGETS:
-                    done = existing[(existing["model"] == model) & (existing["target_class"] == name)
-                                    & (existing["threshold_rule"] == rule) & (existing["preset"] == preset)
-                                    & (existing["seed"] == seed)]
+        for rule, budget in BUDGETS.items():
+            todo = {}
+            for name, series in corpus.items():
+                identity = dict(dataset="nab", protocol=protocol, model=model, target_class=name, seed=seed, preset=preset)
+                if results.has(**identity, threshold_rule=rule):
+                    done = existing[(existing["protocol"] == protocol) & (existing["model"] == model)
+                                    & (existing["target_class"] == name) & (existing["threshold_rule"] == rule)
+                                    & (existing["preset"] == preset) & (existing["seed"] == seed)]
                     rows_by_model.setdefault((model, rule), []).append(done.iloc[-1].to_dict())
-                continue
-            if model.startswith("ae-window"):
-                trained, ae_seconds = train_ae(series, preset, seed, Path(registry) / preset)
-            for rule, budget in BUDGETS.items():
+                else:
+                    todo[name] = identity
+            trained = {}
+            for name in tqdm(todo, desc=f"nab {model} {rule}: models", unit="series"):
+                series = corpus[name]
                 if model.startswith("ae-window"):
-                    bundle, train_seconds = trained, ae_seconds
+                    if name not in trained_ae:
+                        trained_ae[name] = train_ae(series, preset, seed, Path(registry) / preset)
+                    trained[name] = trained_ae[name]
                 else:  # HST learns while it scores: a fresh one per replay
-                    bundle, train_seconds = hst_bundle(series, seed)
-                started = time.perf_counter()
-                alerted, _, steps = replay(series, bundle, budget_per_hour=budget, settings=settings,
-                                           adapt=model == "ae-window+retrain",
-                                           work_dir=Path(registry) / f"{preset}-loop" / series.sensor_id)
-                replay_seconds = time.perf_counter() - started
+                    trained[name] = hst_bundle(series, seed, Path(registry) / f"{preset}-hst")
+            through_kafka = {}
+            if transport == "kafka" and todo:
+                through_kafka = replay_series_through_kafka(
+                    {name: corpus[name] for name in todo}, {name: trained[name][0] for name in todo},
+                    budget_per_hour=budget, target_rate=TARGET_RATE, batch_size=BATCH, base=settings,
+                    workdir=Path(registry) / "kafka", log_name=f"worker-{model}-{rule}".replace("/", "_"))
+            for name, identity in tqdm(todo.items(), desc=f"nab {model} {rule}: replay", unit="series"):
+                series = corpus[name]
+                bundle, train_seconds = trained[name]
+                steps: list[dict] = []
+                if transport == "kafka":
+                    alerted, replay_seconds = through_kafka[name]
+                else:
+                    started = time.perf_counter()
+                    alerted, _, steps = replay(series, bundle, budget_per_hour=budget, settings=settings,
+                                               adapt=model == "ae-window+retrain",
+                                               work_dir=Path(registry) / f"{preset}-loop" / series.sensor_id)
+                    replay_seconds = time.perf_counter() - started
                 m = window_metrics(series.timestamps, alerted, series.windows, probation=series.probation)
                 alerts_for_plots[rule][(model, name)] = alerted
                 row = {
@@ -354,7 +356,7 @@ def main(preset, seed, only, models, results_dir, figures_dir, registry):
     rule = DEFAULT_RULE
     if alerts_for_plots[rule]:
         for category in sorted({s.category for s in corpus.values()}):
-            plot_category(category, corpus, alerts_for_plots[rule], model_names, rule, Path(figures_dir) / f"nab_{category}.png")
+            plot_category(category, corpus, alerts_for_plots[rule], model_names, rule, Path(figures_dir) / f"nab_{'kafka_' if transport == 'kafka' else ''}{category}.png")
     if Path(results_dir) == RESULTS_DIR:
         regenerate_readme("nab", results.path)
     click.echo(f"results: {results.path}")

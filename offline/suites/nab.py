@@ -33,7 +33,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-PROTOCOL = "nab-replay-window"
+PROTOCOL = "nab-replay-window"  # in-process, through the worker's batch functions
+KAFKA_PROTOCOL = "nab-kafka-window"  # through a broker and the worker process (--transport kafka)
+TITLES = {
+    PROTOCOL: "NAB (streaming replay through the worker's batch code)",
+    KAFKA_PROTOCOL: "NAB through Kafka (embedded broker, the worker process, one bundle per series swapped in without a restart)",
+}
 EXTRA_COLUMNS = [
     "series", "category", "tp", "fp", "fn", "windows", "alerts", "delay_hours", "delay_fraction",
     "target_rate", "budget_per_hour", "events", "replay_seconds", "drifts", "promotions",
@@ -103,13 +108,18 @@ def _fmt(x, digits=3) -> str:
 
 
 def tables(rows: pd.DataFrame) -> str:
-    rows = rows[rows["protocol"] == PROTOCOL]
+    sections = [_protocol_tables(rows[rows["protocol"] == protocol], protocol) for protocol in TITLES]
+    return "\n".join(s for s in sections if s) or "## NAB\n\n(no rows yet)"
+
+
+def _protocol_tables(rows: pd.DataFrame, protocol: str) -> str:
     if rows.empty:
-        return "## NAB\n\n(no rows yet)"
+        return ""
+    command = COMMAND + (" --transport kafka --models ae-window,hst" if protocol == KAFKA_PROTOCOL else "")
     out = [
-        "## NAB (streaming replay through the worker's batch code)",
+        f"## {TITLES[protocol]}",
         "",
-        f"Generated from `benchmarks/results/nab.csv`, produced by `{COMMAND}` "
+        f"Generated from `benchmarks/results/nab.csv`, produced by `{command}` "
         "(then `python -m offline.benchmark --suite nab --tables-only`). Window-level scoring: a window "
         "with at least one alert is a TP, a window without one a FN, every alert outside all windows a FP; "
         "alerts in NAB's probationary period (first 15%) are ignored. Delay: first alert - window start.",
