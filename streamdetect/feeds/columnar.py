@@ -1,8 +1,8 @@
 """Validated events column by column: what a feed's ``columns`` reads.
 
 Number fields are float64 arrays, string fields lists, datetime fields lists of datetimes, one
-entry per event. The worker validates a batch with one pydantic-core call (``pipeline``) and
-turns the events into a table here once, so that featurization, keys, times and ids are read
+entry per event. The worker validates a batch (``pipeline.validate_batch``) and turns the events into a
+table once (here, or in ``fast_decode``), so that featurization, keys, times and ids are read
 column-wise instead of attribute by attribute per event (the per-stage times of
 ``python -m streamdetect.bench`` show the effect: ``featurize`` in benchmarks/results/stream.json).
 """
