@@ -131,5 +131,27 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def main() -> None:
+    import click
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--readme", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="rewrite the table between the settings-table markers of this file")
+    def cli(readme: Path | None) -> None:
+        """Print every setting (environment variable, default, meaning) as a Markdown table."""
+        table = settings_table()
+        if readme is None:
+            click.echo(table)
+            return
+        text = readme.read_text()
+        start, end = "<!-- settings-table -->", "<!-- /settings-table -->"
+        if start not in text or end not in text:
+            raise click.ClickException(f"{readme}: no {start} ... {end} markers; add them where the table belongs")
+        head, rest = text.split(start, 1)
+        readme.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
+
+    cli()
+
+
 if __name__ == "__main__":
-    print(settings_table())
+    main()
