@@ -11,7 +11,7 @@ For every NAB series (one sensor of the ``sensor-readings`` feed):
    worker's own per-batch code: decode, validate, per-sensor windows kept in the partition state,
    one forward pass, conformal p-values, adaptive per-key thresholds, the alert budget per key per
    hour -- and collect which events alerted.
-3. **Baseline**: river ``HalfSpaceTrees`` through the same replay (same windows, same p-values,
+3. **Baseline**: river ``HalfSpaceTrees`` (a bundle too) through the same replay (same windows, same p-values,
    thresholds and budget), learning online as river models do (``score_one`` then ``learn_one``),
    after a first pass over the probationary windows; its calibration scores are its prequential
    scores on the probationary period.
@@ -19,9 +19,11 @@ For every NAB series (one sensor of the ``sensor-readings`` feed):
    (``offline.suites.nab``), one CSV row per (model, series, threshold rule), appended to ``benchmarks/results/nab.csv``; the tables in ``benchmarks/README.md`` and one figure
    per NAB category (series, windows, alerts) are regenerated.
 
-The transport (Kafka) is not part of this replay: the events go through the same functions the
-batch scorer calls, in the same batches, with the same state, which makes the benchmark
-deterministic and fast; the integration tests cover the transport.
+By default the events go through the same functions the batch scorer calls, in batches of 256,
+with the same state, which makes the replay deterministic and lets the drift -> retrain loop run
+on event time. ``--transport kafka`` (models ``ae-window`` and ``hst``) replays the same series
+through a broker and the worker process instead (``nab_kafka.py``); the tables compare the two.
+HST bundles store the windows HST learnt, and loading relearns them (no pickle).
 """
 
 from __future__ import annotations

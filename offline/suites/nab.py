@@ -109,7 +109,27 @@ def _fmt(x, digits=3) -> str:
 
 def tables(rows: pd.DataFrame) -> str:
     sections = [_protocol_tables(rows[rows["protocol"] == protocol], protocol) for protocol in TITLES]
+    agreement = transport_agreement(rows)
+    if agreement:
+        sections.append("### Kafka against in-process\n\nSeries whose alert count is the same through Kafka as in "
+                        "the in-process replay (same seeds, same rules): " + "; ".join(agreement) + ".\n")
     return "\n".join(s for s in sections if s) or "## NAB\n\n(no rows yet)"
+
+
+def transport_agreement(rows: pd.DataFrame) -> list[str]:
+    """Per (model, rule, preset) run both ways: how many series alerted exactly as often through Kafka
+    (the worker's batches are cut by the fetches, the in-process replay's every 256 readings, and a
+    key's threshold level moves once per batch, so a few alerts may differ)."""
+    keys = ["model", "threshold_rule", "preset", "seed", "series"]
+    last = rows.drop_duplicates(["protocol", *keys], keep="last")
+    both = last[last["protocol"] == PROTOCOL].merge(last[last["protocol"] == KAFKA_PROTOCOL], on=keys, suffixes=("", "_kafka"))
+    out = []
+    for (model, rule, preset), group in both.groupby(["model", "threshold_rule", "preset"]):
+        same = int((group["alerts"] == group["alerts_kafka"]).sum())
+        differ = ", ".join(f"{r.series} {int(r.alerts)} vs {int(r.alerts_kafka)}" for r in group.itertuples()
+                           if r.alerts != r.alerts_kafka)
+        out.append(f"{model} `{rule}` ({preset}) {same}/{len(group)}" + (f" ({differ})" if differ else ""))
+    return out
 
 
 def _protocol_tables(rows: pd.DataFrame, protocol: str) -> str:
