@@ -68,8 +68,9 @@ class Feed:
 
     @property
     def fast_decoder(self) -> "FastDecoder | None":
-        """The event model's msgspec mirror (``fast_decode``), None if the model has no exact one."""
-        return fast_decoder(self.event_model)
+        """The event model's msgspec mirror (``fast_decode``), None if the model has no exact one or
+        the feed is stateful (its ``stateful_columns`` reads pydantic events, which the mirror does not build)."""
+        return None if self.stateful_columns is not None else fast_decoder(self.event_model)
 
 
 @cache
