@@ -29,10 +29,10 @@ import types
 import typing
 from dataclasses import dataclass
 from functools import cache
-from operator import attrgetter
 
 import annotated_types as at
 import msgspec
+from msgspec.structs import astuple
 import numpy as np
 import pydantic
 from pydantic import BaseModel
@@ -68,24 +68,25 @@ class FastDecoder:
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
                 refused.append(i)
         accepted = [i for i in range(len(values)) if i not in refused_set] if (refused_set := set(refused)) else list(range(len(values)))
+        # one tuple per event; the mirror's fields are in the order numbers, times, texts (``_mirror``)
+        rows = [astuple(s) for s in structs]
+        n_numbers = len(self.numbers)
         times = {}
-        for name in self.times:
-            texts = [getattr(s, name) for s in structs]
+        for j, name in enumerate(self.times, start=n_numbers):
+            texts = [row[j] for row in rows]
             try:
                 times[name] = list(map(dt.datetime.fromisoformat, texts))
             except ValueError:  # e.g. 2013-02-29 matches the pattern: pydantic says what is wrong
                 kept = [k for k, text in enumerate(texts) if _parses(text)]
-                structs, accepted = [structs[k] for k in kept], [accepted[k] for k in kept]
+                rows, accepted = [rows[k] for k in kept], [accepted[k] for k in kept]
                 times = {n: [v[k] for k in kept] for n, v in times.items()}
                 times[name] = [dt.datetime.fromisoformat(texts[k]) for k in kept]
-        table = EventTable(len(structs), times=times)
-        if structs and self.numbers:
-            get = attrgetter(*self.numbers)
-            block = np.array([get(s) for s in structs], dtype=np.float64).reshape(len(structs), len(self.numbers))
+        table = EventTable(len(rows), times=times)
+        if n_numbers:
+            block = np.array([row[:n_numbers] for row in rows], dtype=np.float64).reshape(len(rows), n_numbers)
             table.numbers = {name: block[:, j] for j, name in enumerate(self.numbers)}
-        elif self.numbers:
-            table.numbers = {name: np.empty(0, dtype=np.float64) for name in self.numbers}
-        table.texts = {name: [getattr(s, name) for s in structs] for name in self.texts}
+        first_text = n_numbers + len(self.times)
+        table.texts = {name: [row[j] for row in rows] for j, name in enumerate(self.texts, start=first_text)}
         return accepted, table
 
 
@@ -114,7 +115,7 @@ def _mirror(model: type[BaseModel]) -> FastDecoder:
     if any((decorators.validators, decorators.field_validators, decorators.root_validators,
             decorators.model_validators, decorators.field_serializers)):
         raise Unmirrorable("validators")
-    fields, numbers, times, texts = [], [], [], []
+    numbers, times, texts = [], [], []  # msgspec field definitions, by kind
     for name, info in model.model_fields.items():
         if info.alias not in (None, name):
             raise Unmirrorable(f"{name}: alias")
@@ -132,14 +133,15 @@ def _mirror(model: type[BaseModel]) -> FastDecoder:
             if not info.is_required():
                 raise Unmirrorable(f"{name}: default")
             metadata = list(info.metadata)
-        fields.append(_field(name, annotation, metadata, optional))
-        (numbers if annotation is float else times if annotation is dt.datetime else texts).append(name)
+        group = numbers if annotation is float else times if annotation is dt.datetime else texts
+        group.append(_field(name, annotation, metadata, optional))
         if optional and annotation is not str:
             raise Unmirrorable(f"{name}: optional {annotation}")
-    # gc=False: the fields are numbers and strings, so a struct can never be part of a reference cycle
-    struct = msgspec.defstruct(f"{model.__name__}Mirror", fields, kw_only=True, forbid_unknown_fields=True,
-                               frozen=True, gc=False)
-    return FastDecoder(msgspec.json.Decoder(struct), tuple(numbers), tuple(times), tuple(texts))
+    # numbers first, then times, then texts: ``FastDecoder.decode`` slices each event's tuple by kind
+    # (field order means nothing in JSON objects; gc=False: numbers and strings make no reference cycle)
+    struct = msgspec.defstruct(f"{model.__name__}Mirror", numbers + times + texts, kw_only=True,
+                               forbid_unknown_fields=True, frozen=True, gc=False)
+    return FastDecoder(msgspec.json.Decoder(struct), *(tuple(f[0] for f in group) for group in (numbers, times, texts)))
 
 
 def _field(name: str, annotation, metadata: list, optional: bool):
