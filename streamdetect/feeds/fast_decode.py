@@ -32,9 +32,9 @@ from functools import cache
 
 import annotated_types as at
 import msgspec
-from msgspec.structs import astuple
 import numpy as np
 import pydantic
+from msgspec.structs import astuple
 from pydantic import BaseModel
 
 from streamdetect.feeds.columnar import EventTable
@@ -67,7 +67,8 @@ class FastDecoder:
                 structs.append(decode(raw))
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
                 refused.append(i)
-        accepted = [i for i in range(len(values)) if i not in refused_set] if (refused_set := set(refused)) else list(range(len(values)))
+        refused_set = set(refused)
+        accepted = [i for i in range(len(values)) if i not in refused_set]
         # one tuple per event; the mirror's fields are in the order numbers, times, texts (``_mirror``)
         rows = [astuple(s) for s in structs]
         n_numbers = len(self.numbers)
