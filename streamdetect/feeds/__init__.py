@@ -65,7 +65,6 @@ class Feed:
         items by index."""
         return _batch_validator(self.event_model)
 
-
     @property
     def fast_decoder(self) -> "FastDecoder | None":
         """The event model's msgspec mirror (``fast_decode``), None if the model has no exact one or

@@ -57,7 +57,7 @@ class EventTable:
         table = cls(len(events), events=events)
         if not events:
             return table
-        numbers, times, texts = _layout(type(events[0]))
+        numbers, times, texts = field_layout(type(events[0]))
         fields = [e.__dict__ for e in events]  # a pydantic model keeps its field values in __dict__
         if numbers:
             rows = [itemgetter(*numbers)(f) for f in fields] if len(numbers) > 1 else [(f[numbers[0]],) for f in fields]
@@ -91,7 +91,7 @@ class EventTable:
 
 
 @cache
-def _layout(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def field_layout(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(number, time, text) field names of a model, by annotation: required plain floats are
     numbers, datetimes times, everything else (strings, optional or union fields) texts."""
     numbers, times, texts = [], [], []

@@ -37,7 +37,7 @@ import pydantic
 from msgspec.structs import astuple
 from pydantic import BaseModel
 
-from streamdetect.feeds.columnar import EventTable
+from streamdetect.feeds.columnar import EventTable, field_layout
 
 #: ASCII digits only: Python's \d would also take other scripts' digits
 RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})?\Z"
@@ -116,7 +116,7 @@ def _mirror(model: type[BaseModel]) -> FastDecoder:
     if any((decorators.validators, decorators.field_validators, decorators.root_validators,
             decorators.model_validators, decorators.field_serializers)):
         raise Unmirrorable("validators")
-    numbers, times, texts = [], [], []  # msgspec field definitions, by kind
+    definitions = {}  # field name -> msgspec field definition
     for name, info in model.model_fields.items():
         if info.alias not in (None, name):
             raise Unmirrorable(f"{name}: alias")
@@ -134,15 +134,16 @@ def _mirror(model: type[BaseModel]) -> FastDecoder:
             if not info.is_required():
                 raise Unmirrorable(f"{name}: default")
             metadata = list(info.metadata)
-        group = numbers if annotation is float else times if annotation is dt.datetime else texts
-        group.append(_field(name, annotation, metadata, optional))
         if optional and annotation is not str:
             raise Unmirrorable(f"{name}: optional {annotation}")
-    # numbers first, then times, then texts: ``FastDecoder.decode`` slices each event's tuple by kind
-    # (field order means nothing in JSON objects; gc=False: numbers and strings make no reference cycle)
-    struct = msgspec.defstruct(f"{model.__name__}Mirror", numbers + times + texts, kw_only=True,
-                               forbid_unknown_fields=True, frozen=True, gc=False)
-    return FastDecoder(msgspec.json.Decoder(struct), *(tuple(f[0] for f in group) for group in (numbers, times, texts)))
+        definitions[name] = _field(name, annotation, metadata, optional)
+    # the same split into numbers, times and texts as the tables pydantic events make (so that both
+    # kinds of table concatenate), in that order: ``FastDecoder.decode`` slices each event's tuple
+    # by kind (field order means nothing in JSON objects; gc=False: numbers and strings make no cycle)
+    numbers, times, texts = field_layout(model)
+    struct = msgspec.defstruct(f"{model.__name__}Mirror", [definitions[n] for n in numbers + times + texts],
+                               kw_only=True, forbid_unknown_fields=True, frozen=True, gc=False)
+    return FastDecoder(msgspec.json.Decoder(struct), numbers, times, texts)
 
 
 def _field(name: str, annotation, metadata: list, optional: bool):
