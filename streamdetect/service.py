@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -129,6 +129,18 @@ def _log_checkpoint_error(future: asyncio.Future) -> None:
         log.warning("state checkpoint not written (%s); the next one supersedes it", future.exception())
 
 
+class CatchUp(NamedTuple):
+    """How a restored partition rejoins when its state checkpoint and its committed offset differ
+    (a worker killed between the two writes). Records below ``until`` are handled one way only:
+    ``publish`` False: the previous owner published them (the offset is committed) but the checkpoint
+    lacks them, so they update the state and nothing is sent; ``publish`` True: the checkpoint already
+    counts them but their outputs may not have been acknowledged, so they are published again (same
+    alert ids) against a throw-away copy of the state. Either way each event counts once in the state."""
+
+    until: int
+    publish: bool
+
+
 class Metrics:
     def __init__(self) -> None:
         self.started = time.time()
@@ -141,6 +153,7 @@ class Metrics:
         self.last_batch_seconds = 0.0
         self.busy_seconds = 0.0  # time spent handling batches: scored / busy_seconds = scoring capacity
         self.commit_failures = 0
+        self.caught_up = 0  # events replayed into a restored state only (see ``CatchUp``)
         self.unseen_categories = 0  # categorical values the bundle never saw in training (scored as "<other>")
         # seconds per stage (fetch, decode, validate, featurize, score, threshold, outputs, publish, commit):
         # divided by ``events`` they name the bottleneck (python -m streamdetect.bench reports them per 1k events)
@@ -153,7 +166,8 @@ class Metrics:
             "batches": self.batches, "dead_letters": dict(self.dead_letters),
             "last_batch_latency_ms": round(self.last_batch_latency_ms, 1),
             "last_batch_seconds": round(self.last_batch_seconds, 4), "busy_seconds": round(self.busy_seconds, 3),
-            "commit_failures": self.commit_failures, "unseen_categories": self.unseen_categories,
+            "commit_failures": self.commit_failures, "caught_up": self.caught_up,
+            "unseen_categories": self.unseen_categories,
             "stage_seconds": {name: round(seconds, 4) for name, seconds in self.stage_seconds.items()},
         }
 
@@ -189,6 +203,7 @@ class BatchScorer(Service):
         self.to_commit: dict[TopicPartition, int] = {}
         self.commit_wanted = asyncio.Event()
         self.committing: asyncio.Future | None = None
+        self.catch_up: dict[TopicPartition, CatchUp] = {}
 
     def new_state(self) -> PartitionState:
         scoring = self.settings.scoring
@@ -332,40 +347,38 @@ class BatchScorer(Service):
         started = time.perf_counter()
         assigned = self.consumer.assignment()
         by_topic: dict[str, list] = defaultdict(list)
+        state_only: dict[str, list] = defaultdict(list)
+        outputs_only: dict[str, list] = defaultdict(list)
         commit: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             if tp not in assigned or not records:
                 continue  # revoked while we waited for the lock: the new owner reprocesses it
+            catch_up = self.catch_up.get(tp)
+            if catch_up is not None:
+                split = next((i for i, r in enumerate(records) if r.offset >= catch_up.until), len(records))
+                (outputs_only if catch_up.publish else state_only)[tp.topic].extend(records[:split])
+                records = records[split:]
+                if records:
+                    del self.catch_up[tp]
+                elif not catch_up.publish:
+                    continue  # nothing new to commit: the offset is already past these records
             by_topic[tp.topic].extend(records)
-            commit[tp] = records[-1].offset + 1
+            commit[tp] = (records or batch[tp])[-1].offset + 1
         futures = []
-        publish_seconds = 0.0
-        scoring, topics = self.settings.scoring, self.settings.topics
-        for topic, records in by_topic.items():
+        for topic, records in state_only.items():
             feed = self.feeds[topic]
-            bundle = self.models.current(feed.name)  # a swapped bundle takes effect here, at the next batch
-            output = pipeline.process_batch(
-                records,
-                feed=feed, bundle=bundle, states=self.states[feed.name], new_state=self.new_state,
-                rate=scoring.target_false_alarm_rate, max_event_bytes=scoring.max_event_bytes,
-                top_k=scoring.top_features, publish_scores=scoring.publish_scores,
-            )
-            publishing = time.perf_counter()
-            send = self.producer.send
-            futures += [await send(topics.alerts, value, key=key) for key, value in output.alerts]
-            futures += [await send(topics.scores, value, key=key) for key, value in output.scores]
-            futures += [await send(topics.deadletter, value) for value in output.dead_letters]
-            publish_seconds += time.perf_counter() - publishing
-            self.metrics.events += len(records)
-            self.metrics.scored += output.scored
-            self.metrics.alerts += len(output.alerts)
-            self.metrics.unseen_categories += output.unseen_categories
-            for reason, count in output.dead_by_reason.items():
-                self.metrics.dead_letters[reason] += count
-            self.metrics.last_batch_latency_ms = output.latency_ms_max
-            for stage, seconds in getattr(output, "stage_seconds", {}).items():
-                self.metrics.stage_seconds[stage] += seconds
-        self.metrics.stage_seconds["publish"] += publish_seconds
+            self._process(feed, records, self.states[feed.name])
+            self.metrics.caught_up += len(records)
+        for topic, records in outputs_only.items():
+            feed, scoring = self.feeds[topic], self.settings.scoring
+            scratch = {p: PartitionState.from_dict(state.to_dict(), window=scoring.threshold_window,
+                                                   warmup=scoring.threshold_warmup)
+                       for p, state in self.states[feed.name].items()}
+            futures += await self._publish(self._process(feed, records, scratch))
+        for topic, records in by_topic.items():
+            if records:
+                feed = self.feeds[topic]
+                futures += await self._publish(self._process(feed, records, self.states[feed.name]))
         # the offsets are committed once these outputs (and those of every earlier batch) are acknowledged;
         # meanwhile the next batch is fetched and scored (at most 4 batches in flight)
         self.inflight.append((futures, commit))
@@ -376,6 +389,35 @@ class BatchScorer(Service):
         self.metrics.batches += 1
         self.metrics.last_batch_seconds = time.perf_counter() - started
         self.metrics.busy_seconds += self.metrics.last_batch_seconds
+
+    def _process(self, feed: Feed, records: list, states: dict[int, PartitionState]) -> pipeline.BatchOutput:
+        scoring = self.settings.scoring
+        bundle = self.models.current(feed.name)  # a swapped bundle takes effect here, at the next batch
+        output = pipeline.process_batch(
+            records,
+            feed=feed, bundle=bundle, states=states, new_state=self.new_state,
+            rate=scoring.target_false_alarm_rate, max_event_bytes=scoring.max_event_bytes,
+            top_k=scoring.top_features, publish_scores=scoring.publish_scores,
+        )
+        self.metrics.events += len(records)
+        self.metrics.scored += output.scored
+        self.metrics.unseen_categories += output.unseen_categories
+        self.metrics.last_batch_latency_ms = output.latency_ms_max
+        for stage, seconds in getattr(output, "stage_seconds", {}).items():
+            self.metrics.stage_seconds[stage] += seconds
+        return output
+
+    async def _publish(self, output: pipeline.BatchOutput) -> list[asyncio.Future]:
+        publishing = time.perf_counter()
+        topics, send = self.settings.topics, self.producer.send
+        futures = [await send(topics.alerts, value, key=key) for key, value in output.alerts]
+        futures += [await send(topics.scores, value, key=key) for key, value in output.scores]
+        futures += [await send(topics.deadletter, value) for value in output.dead_letters]
+        self.metrics.alerts += len(output.alerts)
+        for reason, count in output.dead_by_reason.items():
+            self.metrics.dead_letters[reason] += count
+        self.metrics.stage_seconds["publish"] += time.perf_counter() - publishing
+        return futures
 
     # -- state: checkpoint, restore ---------------------------------------------------------------
     async def _checkpoint_due(self, wait: bool = True) -> None:
@@ -414,6 +456,8 @@ class BatchScorer(Service):
                 log.warning("checkpoint on revoke failed (%s); the next owner restores an older state", exc)
             for feed, partition in which:
                 self.states[feed].pop(partition, None)
+            for tp in revoked:
+                self.catch_up.pop(tp, None)
         self.ready = False
         log.info("revoked %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
@@ -431,15 +475,40 @@ class BatchScorer(Service):
         scoring = self.settings.scoring
         restored = []
         async with self.lock:
-            for feed, parts in by_feed.items():
-                for partition in parts:
-                    saved = latest.get(state_key(feed, partition))
-                    if saved is not None:
-                        self.states[feed][partition] = PartitionState.from_dict(
-                            saved, window=scoring.threshold_window, warmup=scoring.threshold_warmup)
-                        restored.append(f"{feed}[{partition}]@{saved.get('next_offset')}")
-                    else:
-                        self.states[feed].setdefault(partition, self.new_state())
+            for tp in assigned:
+                feed = self.feeds.get(tp.topic)
+                if feed is None:
+                    continue
+                saved = latest.get(state_key(feed.name, tp.partition))
+                if saved is None:
+                    self.states[feed.name].setdefault(tp.partition, self.new_state())
+                    continue
+                self.states[feed.name][tp.partition] = PartitionState.from_dict(
+                    saved, window=scoring.threshold_window, warmup=scoring.threshold_warmup)
+                restored.append(f"{feed.name}[{tp.partition}]@{saved.get('next_offset')}")
+                await self._rejoin(tp, saved.get("next_offset"))
         self.ready = True
         log.info("assigned %s; restored state of %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),
                  ", ".join(restored) or "no partition (fresh state)")
+
+    async def _rejoin(self, tp: TopicPartition, checkpointed: int | None) -> None:
+        """Line a restored partition's state up with its committed offset (see ``CatchUp``)."""
+        self.catch_up.pop(tp, None)
+        if checkpointed is None:
+            return
+        try:
+            committed = await self.consumer.committed(tp)
+        except (KafkaError, OSError) as exc:
+            log.warning("%s[%d]: committed offset unknown (%s); state may miss or repeat a few events",
+                        tp.topic, tp.partition, exc)
+            return
+        committed = committed or 0  # no commit yet: the group starts at the log's start
+        if checkpointed < committed:
+            self.consumer.seek(tp, checkpointed)
+            self.catch_up[tp] = CatchUp(until=committed, publish=False)
+            log.info("%s[%d]: state checkpoint at %d, committed %d: replaying the gap into the state only",
+                     tp.topic, tp.partition, checkpointed, committed)
+        elif checkpointed > committed:
+            self.catch_up[tp] = CatchUp(until=checkpointed, publish=True)
+            log.info("%s[%d]: state checkpoint at %d, committed %d: republishing the gap without counting it twice",
+                     tp.topic, tp.partition, checkpointed, committed)
