@@ -670,7 +670,7 @@ def main(quick: bool, n_events: int | None, rate: float, latency_seconds: float 
                        kill_cycles=kill_cycles, n_fuzz=n_fuzz, skip=set(skip), registry=registry, workdir=workdir)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    click.echo(json.dumps({k: result.get(k) for k in ("raw_consume_eps", "worker_eps", "ratio", "faust_agent_eps",
+    click.echo(json.dumps({k: result.get(k) for k in ("raw_consume_eps", "worker_eps", "ratio", "ratio_pairs_median", "faust_agent_eps",
                                                       "offered_eps", "latency_ms", "worker_rss_mb",
                                                       "two_worker_speedup")}, indent=1))
     if "reliability" in result:
@@ -715,21 +715,14 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
         result["produce_eps"] = round(n_events / (time.perf_counter() - started))
         total = n_events
 
-        # 1. the ceiling
-        runs = [asyncio.run(raw_consume(kafka, topic, n_events, max_records=base.scoring.batch_size)) for _ in range(3)]
-        result["raw_consume_runs_eps"] = [round(r["eps"]) for r in runs]
-        result["raw_consume_eps"] = round(statistics.median(r["eps"] for r in runs))
-        result["mean_event_bytes"] = round(runs[0]["mean_event_bytes"], 1)
-        result["raw_consume_stdlib_json_eps"] = round(asyncio.run(raw_consume(
-            kafka, topic, n_events, max_records=base.scoring.batch_size, decoder="json"))["eps"])
-        result["load_avg"]["raw"] = load_avg()
-        log.info("bench: raw consumer %s ev/s (runs %s)", result["raw_consume_eps"], result["raw_consume_runs_eps"])
-
-        # 2. the worker on the same events: like the ceiling, the median of 3 runs (each a fresh worker
-        # process and consumer group reading the whole topic); a run takes a few seconds, so one run
-        # alone moves with whatever else the 2 cores do at that moment
-        worker_runs = []
+        # 1. the ceiling and 2. the worker on the same events, in pairs: a raw run right before each
+        # worker run (each a fresh worker process and consumer group reading the whole topic). A run
+        # takes a few seconds and the speed of these 2 shared cores drifts by tens of percent over
+        # minutes, so each pair's ratio compares runs taken under the same conditions
+        runs, worker_runs = [], []
         for attempt in range(1 if quick else 3):
+            runs.append(asyncio.run(raw_consume(kafka, topic, n_events, max_records=base.scoring.batch_size)))
+            log.info("bench: raw consumer %d ev/s", runs[-1]["eps"])
             settings, env = run_settings(base, registry, free_port(), transactions=topic)
             ensure_topics(bootstrap, settings, [t for t in (getattr(settings.topics, f) for f in TOPIC_FIELDS) if t != topic])
             worker = WorkerProcess(settings, env, bootstrap, logs / f"worker-{attempt}.log")
@@ -752,6 +745,16 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
                         "cpu_us_per_event": round(cpu_used / n_events * 1e6, 1),
                         "all_scored": len(account.scored) == n_events},
             })
+            log.info("bench: worker %d ev/s (pair ratio %.3f)", measured["eps"], measured["eps"] / runs[-1]["eps"])
+        result["raw_consume_runs_eps"] = [round(r["eps"]) for r in runs]
+        result["raw_consume_eps"] = round(statistics.median(r["eps"] for r in runs))
+        result["mean_event_bytes"] = round(runs[0]["mean_event_bytes"], 1)
+        result["raw_consume_stdlib_json_eps"] = round(asyncio.run(raw_consume(
+            kafka, topic, n_events, max_records=base.scoring.batch_size, decoder="json"))["eps"])
+        result["load_avg"]["raw"] = load_avg()
+        pair_ratios = [w["eps"] / r["eps"] for w, r in zip(worker_runs, runs)]
+        result["pair_ratios"] = [round(r, 3) for r in pair_ratios]
+        result["ratio_pairs_median"] = round(statistics.median(pair_ratios), 3)
         median_run = sorted(worker_runs, key=lambda r: r["eps"])[len(worker_runs) // 2]
         rate_1 = {"eps": median_run["eps"]}
         result["load_avg"]["worker"] = load_avg()

@@ -68,17 +68,20 @@ class PValueDrift:
 
     def update_many(self, values: list[float]) -> list[int]:
         """Each value in turn; the indices at which a drift was reported (``drift_detected``: at the last)."""
-        river, recent = self._river, self.recent
+        river, update, start = self._river, self._river.update, self.count
         hits = []
         for i, x in enumerate(values):
-            river.update(x)
-            self.count += 1
-            if river.drift_detected and self.count >= self.min_events and self.count >= self.quiet_until:
-                # the mean of the values before this one (only now: it cost ~20 us per event)
-                self._before_mean = float(np.mean(recent)) if recent else None
-                self.quiet_until = self.count + self.cooldown
-                hits.append(i)
-            recent.append(x)
+            update(x)
+            if river.drift_detected:
+                count = start + i + 1
+                if count >= self.min_events and count >= self.quiet_until:
+                    # the mean of the values before this one (only now: it cost ~20 us per event)
+                    before = (list(self.recent) + values[:i])[-self.recent.maxlen:]
+                    self._before_mean = float(np.mean(before)) if before else None
+                    self.quiet_until = count + self.cooldown
+                    hits.append(i)
+        self.count = start + len(values)
+        self.recent.extend(values)
         self.drift_detected = bool(hits) and hits[-1] == len(values) - 1
         return hits
 

@@ -234,7 +234,6 @@ def process_batch(
     clock.append(time.perf_counter())
     X = np.empty((0, bundle.schema.n_features), np.float32)
     warming = unseen = 0
-    raw_numeric = None
     if valid and feed.stateful_columns is not None:
         valid, table, columns, warming = _stateful_columns(feed, valid, table, bundle, states, new_state)
     elif valid:
@@ -245,8 +244,6 @@ def process_batch(
         for row, error in rejected.items():
             dead.append(dead_letter(valid[row], feed.name, "featurize_error", error, event_id=event_ids[row],
                                     model_version=version))
-        raw_numeric = np.column_stack([np.asarray(columns[c], dtype=np.float64)[kept] for c in bundle.schema.numeric]) \
-            if bundle.schema.numeric and len(kept) else None
         if len(kept) < len(valid):
             valid = [valid[i] for i in kept.tolist()]
             table = table.take(kept.tolist())
@@ -263,7 +260,6 @@ def process_batch(
     event_ids = table.text("event_id") if valid else []
     keys = feed.keys(table) if valid else []
     times = table.time("event_time") if valid else []
-    epoch = table.epoch_seconds("event_time") if valid else np.empty(0)
     partitions = np.fromiter((r.partition for r in valid), dtype=np.int64, count=len(valid))
     dead_by_partition: dict[int, int] = {}
     for letter in dead:
@@ -277,7 +273,9 @@ def process_batch(
             state = states[partition] = new_state()
         part_keys = [keys[r] for r in rows.tolist()] if len(rows) < len(valid) else keys
         state.observe_model(version)  # a swapped model starts its key levels and drift detectors afresh
-        result = apply_thresholds(state, part_keys, scores[rows], calibration, rate=rate, event_times=epoch[rows])
+        # event times only matter to an alert budget (per hour of event time)
+        event_times = table.epoch_seconds("event_time")[rows] if state.budget.per_hour is not None else None
+        result = apply_thresholds(state, part_keys, scores[rows], calibration, rate=rate, event_times=event_times)
         output.suppressed += result.suppressed
         if state.drift is not None:  # drift is judged on the calibrated p-values, before any per-key adaptation
             state.drift.feed = feed.name
@@ -291,16 +289,23 @@ def process_batch(
             output.scores += _scores_records(feed, version, valid, event_ids, rows, scores, result,
                                              dead_by_partition.pop(partition, 0), now, max_scores_per_record)
     clock.append(time.perf_counter())
+    last_offsets: dict[int, int] = {}
     for record in records:  # the next offset to consume, for checkpoints and commits
-        state = states.get(record.partition)
+        if record.offset >= last_offsets.get(record.partition, -1):
+            last_offsets[record.partition] = record.offset
+    for partition, offset in last_offsets.items():
+        state = states.get(partition)
         if state is None:
-            state = states[record.partition] = new_state()
-        if state.next_offset is None or record.offset >= state.next_offset:
-            state.next_offset = record.offset + 1
+            state = states[partition] = new_state()
+        if state.next_offset is None or offset >= state.next_offset:
+            state.next_offset = offset + 1
 
     if alert_rows:
         rows = [r for r, _, _ in alert_rows]
-        reasons = scoring.top_features(bundle, X[rows], raw_numeric[rows] if raw_numeric is not None else None, top_k)
+        # the alerted events' raw values, which explanations quote (``columns`` rows: before featurize kept some)
+        raw_numeric = np.column_stack([np.asarray(columns[c], dtype=np.float64)[kept[rows]] for c in bundle.schema.numeric]) \
+            if bundle.schema.numeric else None
+        reasons = scoring.top_features(bundle, X[rows], raw_numeric, top_k)
         for (row, p_value, threshold), top in zip(alert_rows, reasons):
             event_id = event_ids[row]
             alert = {
@@ -310,8 +315,8 @@ def process_batch(
                 "model_version": version, "top_features": top, "event": _event_object(valid[row]),
             }
             output.alerts.append((event_id.encode(), orjson.dumps(alert)))
-    stamps = [r.timestamp for r in records if r.timestamp]
-    output.latency_ms_max = max(0.0, now * 1000 - min(stamps)) if stamps else 0.0
+    oldest = min((r.timestamp for r in records if r.timestamp), default=None)
+    output.latency_ms_max = max(0.0, now * 1000 - oldest) if oldest else 0.0
     clock.append(time.perf_counter())
     # decode_validate: validation and dead letters; threshold: thresholds, drift and the scores records;
     # outputs: offsets and alerts

@@ -64,6 +64,9 @@ def test_quick_run_writes_every_figure(creditcard_bundles, tmp_path):
     assert result["preset"] == "quick" and result["machine"]["cores"] >= 1
     assert result["worker_run"]["all_scored"] and result["ratio"] == pytest.approx(
         result["worker_eps"] / result["raw_consume_eps"], rel=0.01)
+    # one pair in the quick preset: a raw run, then the worker run
+    assert result["ratio_pairs_median"] == pytest.approx(result["pair_ratios"][0], abs=0.001) == pytest.approx(
+        result["worker_eps"] / result["raw_consume_runs_eps"][0], rel=0.01)
     assert set(result["latency_ms"]) >= {"p50", "p95", "p99"}
     assert {"decode_validate", "featurize", "score", "threshold", "publish"} <= set(result["stages_ms_per_1k"])
     reliability = result["reliability"]

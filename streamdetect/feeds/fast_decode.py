@@ -29,12 +29,13 @@ import types
 import typing
 from dataclasses import dataclass
 from functools import cache
+from itertools import chain
+from operator import attrgetter
 
 import annotated_types as at
 import msgspec
 import numpy as np
 import pydantic
-from msgspec.structs import astuple
 from pydantic import BaseModel
 
 from streamdetect.feeds.columnar import EventTable, field_layout
@@ -69,25 +70,25 @@ class FastDecoder:
                 refused.append(i)
         refused_set = set(refused)
         accepted = [i for i in range(len(values)) if i not in refused_set]
-        # one tuple per event; the mirror's fields are in the order numbers, times, texts (``_mirror``)
-        rows = [astuple(s) for s in structs]
-        n_numbers = len(self.numbers)
         times = {}
-        for j, name in enumerate(self.times, start=n_numbers):
-            texts = [row[j] for row in rows]
+        for name in self.times:
+            texts = list(map(attrgetter(name), structs))
             try:
                 times[name] = list(map(dt.datetime.fromisoformat, texts))
             except ValueError:  # e.g. 2013-02-29 matches the pattern: pydantic says what is wrong
                 kept = [k for k, text in enumerate(texts) if _parses(text)]
-                rows, accepted = [rows[k] for k in kept], [accepted[k] for k in kept]
+                structs, accepted = [structs[k] for k in kept], [accepted[k] for k in kept]
                 times = {n: [v[k] for k in kept] for n, v in times.items()}
                 times[name] = [dt.datetime.fromisoformat(texts[k]) for k in kept]
-        table = EventTable(len(rows), times=times)
-        if n_numbers:
-            block = np.array([row[:n_numbers] for row in rows], dtype=np.float64).reshape(len(rows), n_numbers)
+        n, width = len(structs), len(self.numbers)
+        table = EventTable(n, times=times)
+        if width:
+            # one C-level getter per event, straight into one float block
+            numbers = attrgetter(*self.numbers) if width > 1 else (lambda s, name=self.numbers[0]: (getattr(s, name),))
+            block = np.fromiter(chain.from_iterable(map(numbers, structs)), dtype=np.float64, count=n * width)
+            block = block.reshape(n, width)
             table.numbers = {name: block[:, j] for j, name in enumerate(self.numbers)}
-        first_text = n_numbers + len(self.times)
-        table.texts = {name: [row[j] for row in rows] for j, name in enumerate(self.texts, start=first_text)}
+        table.texts = {name: list(map(attrgetter(name), structs)) for name in self.texts}
         return accepted, table
 
 
@@ -138,8 +139,7 @@ def _mirror(model: type[BaseModel]) -> FastDecoder:
             raise Unmirrorable(f"{name}: optional {annotation}")
         definitions[name] = _field(name, annotation, metadata, optional)
     # the same split into numbers, times and texts as the tables pydantic events make (so that both
-    # kinds of table concatenate), in that order: ``FastDecoder.decode`` slices each event's tuple
-    # by kind (field order means nothing in JSON objects; gc=False: numbers and strings make no cycle)
+    # kinds of table concatenate); gc=False: numbers and strings make no reference cycle
     numbers, times, texts = field_layout(model)
     struct = msgspec.defstruct(f"{model.__name__}Mirror", [definitions[n] for n in numbers + times + texts],
                                kw_only=True, forbid_unknown_fields=True, frozen=True, gc=False)
