@@ -55,6 +55,7 @@ import numpy as np
 import orjson
 
 from streamdetect.settings import Settings, get_settings
+from streamdetect.state import read_latest_states
 
 log = logging.getLogger("streamdetect.bench")
 
@@ -610,8 +611,20 @@ def soak(base: Settings, bootstrap: str, registry: Path, workdir: Path, *, good:
         account = asyncio.run(read_outputs(kafka, settings, done, timeout=150))
     memory["end"] = worker.memory_mb() if worker.alive() else None
     metrics = safe_metrics(worker)
-    worker.stop()
+    worker.stop()  # a clean stop writes the final checkpoint
     log_text = worker.log_path.read_text(errors="replace")
+    # the threshold and drift state after the kills: each good event should count once, in the state of
+    # whichever process scored it (service.CatchUp lines checkpoints and commits up after a kill)
+    states = asyncio.run(read_latest_states(kafka, settings.topics.state, list(range(settings.topics.partitions))))
+    state_counted = sum(level["count"] for state in states.values() for level in state.get("keys", {}).values())
+    drift_counted = sum(d["count"] for state in states.values() for d in (state.get("drift") or {}).values())
+    gaps = {"partitions_replayed_into_state": 0, "events_replayed_into_state": 0, "partitions_republished": 0,
+            "events_republished": 0}
+    for checkpointed, committed in re.findall(r"state checkpoint at (\d+), committed (\d+)", log_text):
+        behind = int(committed) - int(checkpointed)
+        kind = "replayed_into_state" if behind > 0 else "republished"
+        gaps[f"partitions_{kind}"] += 1
+        gaps[f"events_{kind}"] += abs(behind)
     restored = len(re.findall(r"restored state of transactions\[", log_text))
     wrong_ids = [a for a in account.alerts if a["alert_id"] != alert_id("transactions", a["event_id"])]
     ids_per_event: dict[str, set] = {}
@@ -631,6 +644,8 @@ def soak(base: Settings, bootstrap: str, registry: Path, workdir: Path, *, good:
         "good_events_in_deadletter": sum(1 for p, d in account.dead.items() if p not in bad_positions),
         "broker_pause_s": pause_s if broker_pid is not None else 0, "worker_restarts_needed": restarts_needed,
         "worker_starts": worker.starts, "state_restored_on_start": restored,
+        "events_in_threshold_state": state_counted, "events_in_drift_state": drift_counted,
+        "state_gaps_after_kills": gaps,
         "worker_memory_mb": memory, "worker_commit_failures": metrics.get("commit_failures"),
         "scored_by_the_last_worker_process": metrics.get("scored"),
         "model_versions_scored": sorted({r["model_version"] for r in account.score_records}),
