@@ -432,6 +432,29 @@ async def plain_latency(kafka: dict, topic: str, rate: float, seconds: float, *,
     return {q: measured[q] for q in ("p50", "p95", "p99")}
 
 
+async def count_records(kafka: dict, topic: str, values: set[bytes]) -> int:
+    """How many records of ``topic`` (read to its end) have one of ``values``: a producer retrying
+    through a broker outage may have written some twice."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, **kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=50, max_partition_fetch_bytes=16 << 20)
+    await consumer.start()
+    found = 0
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=50_000)
+            found += sum(1 for records in batch.values() for r in records if r.value in values)
+            assignment = consumer.assignment()
+            ends = [(consumer.highwater(tp), await consumer.position(tp)) for tp in assignment]
+            if assignment and all(high is not None and position >= high for high, position in ends):
+                return found
+    finally:
+        await consumer.stop()
+    raise TimeoutError(f"{topic} not read to its end")
+
+
 async def wait_caught_up(consumer, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -616,6 +639,8 @@ def soak(base: Settings, bootstrap: str, registry: Path, workdir: Path, *, good:
     # the threshold and drift state after the kills: each good event should count once, in the state of
     # whichever process scored it (service.CatchUp lines checkpoints and commits up after a kill)
     states = asyncio.run(read_latest_states(kafka, settings.topics.state, list(range(settings.topics.partitions))))
+    good_records = asyncio.run(count_records(kafka, settings.topics.transactions,
+                                             {m for m, kind in zip(messages, kinds) if kind is None}))
     state_counted = sum(level["count"] for state in states.values() for level in state.get("keys", {}).values())
     drift_counted = sum(d["count"] for state in states.values() for d in (state.get("drift") or {}).values())
     gaps = {"partitions_replayed_into_state": 0, "events_replayed_into_state": 0, "partitions_republished": 0,
@@ -644,6 +669,7 @@ def soak(base: Settings, bootstrap: str, registry: Path, workdir: Path, *, good:
         "good_events_in_deadletter": sum(1 for p, d in account.dead.items() if p not in bad_positions),
         "broker_pause_s": pause_s if broker_pid is not None else 0, "worker_restarts_needed": restarts_needed,
         "worker_starts": worker.starts, "state_restored_on_start": restored,
+        "good_records_in_feed": good_records,
         "events_in_threshold_state": state_counted, "events_in_drift_state": drift_counted,
         "state_gaps_after_kills": gaps,
         "worker_memory_mb": memory, "worker_commit_failures": metrics.get("commit_failures"),
