@@ -63,6 +63,13 @@ TOPIC_FIELDS = ("transactions", "access_logs", "sensor_readings", "alerts", "sco
                 "feedback", "state")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -188,9 +195,7 @@ class WorkerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds the worker process has used so far (all its threads)."""
-        with open(f"/proc/{self.process.pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -830,14 +835,24 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
                                           warmup_s=0.0))
             offered = transaction_events(base, int(rate * latency_seconds), prefix="lat")
             before = lat_worker.metrics()
+            cpu_before = {"worker": lat_worker.cpu_seconds(), "bench": time.process_time(),
+                          "broker": cpu_seconds(broker_pid) if broker_pid else None}
+            started = time.monotonic()
             latency = asyncio.run(offer_and_measure(kafka, lat_settings, offered, rate, warmup_s=1.0))
+            wall = time.monotonic() - started
             after = lat_worker.metrics()
+            # share of one core each process used: the broker, the worker, and this process (producer and reader)
+            latency["cpu_share"] = {
+                "worker": round((lat_worker.cpu_seconds() - cpu_before["worker"]) / wall, 3),
+                "bench_producer_and_reader": round((time.process_time() - cpu_before["bench"]) / wall, 3),
+                "broker": round((cpu_seconds(broker_pid) - cpu_before["broker"]) / wall, 3) if broker_pid else None}
             lat_worker.stop()
             batches = max(after["batches"] - before["batches"], 1)
             latency["worker_busy_ms_per_batch"] = round((after["busy_seconds"] - before["busy_seconds"]) / batches * 1000, 2)
             latency["worker_stage_ms_per_batch"] = {
                 k: round((v - before.get("stage_seconds", {}).get(k, 0.0)) / batches * 1000, 2)
                 for k, v in after.get("stage_seconds", {}).items()}
+            latency["worker_loop_lag_ms_last_30s"] = after.get("loop_lag_ms_last_30s")
             latency["producer_linger_ms"] = OFFER_LINGER_MS
             result["offered_eps"] = round(latency.pop("offered_eps"))
             result["latency_ms"] = latency.pop("latency_ms")

@@ -17,6 +17,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
@@ -158,6 +159,8 @@ class Metrics:
         # seconds per stage (fetch, decode, validate, featurize, score, threshold, outputs, publish, commit):
         # divided by ``events`` they name the bottleneck (python -m streamdetect.bench reports them per 1k events)
         self.stage_seconds: dict[str, float] = defaultdict(float)
+        # how late the event loop ran a 10 ms timer, last ~30 s (``BatchScorer._watch_loop_lag``)
+        self.loop_lag_ms: deque[float] = deque(maxlen=3000)
 
     def as_dict(self) -> dict[str, Any]:
         uptime = time.time() - self.started
@@ -169,6 +172,8 @@ class Metrics:
             "commit_failures": self.commit_failures, "caught_up": self.caught_up,
             "unseen_categories": self.unseen_categories,
             "stage_seconds": {name: round(seconds, 4) for name, seconds in self.stage_seconds.items()},
+            "loop_lag_ms_last_30s": {q: round(float(np.percentile(self.loop_lag_ms, p)), 2)
+                                     for q, p in (("p50", 50), ("p99", 99), ("max", 100))} if self.loop_lag_ms else None,
         }
 
 
@@ -281,6 +286,15 @@ class BatchScorer(Service):
                     await self._settle(keep=0)
                     if time.monotonic() - self.last_checkpoint > scoring.checkpoint_interval_s:
                         await self._checkpoint_due()
+
+    @Service.task
+    async def _watch_loop_lag(self) -> None:
+        """While anything holds the event loop (a batch, a checkpoint, Faust's own work), fetched
+        events wait: the lag of a 10 ms timer shows how long (/metrics ``loop_lag_ms_last_30s``)."""
+        while not self.should_stop:
+            started = time.perf_counter()
+            await asyncio.sleep(0.01)
+            self.metrics.loop_lag_ms.append((time.perf_counter() - started - 0.01) * 1000)
 
     @Service.task
     async def _committer(self) -> None:
