@@ -209,6 +209,7 @@ class BatchScorer(Service):
         self.commit_wanted = asyncio.Event()
         self.committing: asyncio.Future | None = None
         self.catch_up: dict[TopicPartition, CatchUp] = {}
+        self.assignments = 0  # completed ``on_assigned`` calls: a batch fetched across one is fetched again
 
     def new_state(self) -> PartitionState:
         scoring = self.settings.scoring
@@ -273,6 +274,7 @@ class BatchScorer(Service):
         log.info("batch scorer: consuming %s as group %s", ", ".join(self.feeds), self.settings.kafka.consumer_group)
         while not self.should_stop:
             fetch_started = time.perf_counter()
+            assignments = self.assignments
             try:
                 batch = await self.consumer.getmany(timeout_ms=max(scoring.linger_ms, 10), max_records=scoring.batch_size)
             except ConsumerStoppedError:
@@ -280,7 +282,10 @@ class BatchScorer(Service):
             if batch:
                 self.metrics.stage_seconds["fetch"] += time.perf_counter() - fetch_started
                 async with self.lock:
-                    await self._handle(batch)
+                    if assignments != self.assignments:
+                        self._refetch(batch)
+                    else:
+                        await self._handle(batch)
             else:  # idle: settle what is in flight, checkpoint when due
                 async with self.lock:
                     await self._settle(keep=0)
@@ -357,6 +362,24 @@ class BatchScorer(Service):
             await asyncio.to_thread(self.models.refresh, feed.name)
 
     # -- one batch ------------------------------------------------------------------------------
+    def _refetch(self, batch: dict[TopicPartition, list]) -> None:
+        """Drop a batch fetched while partitions were being assigned, and fetch it again. The consumer
+        starts fetching from the committed offsets as soon as it has the assignment, before
+        ``on_assigned`` has restored the state and sought to where the state needs it (``CatchUp``):
+        such a batch may hold records the state has not reached yet, or records it is about to read
+        again from the seek."""
+        assigned = self.consumer.assignment()
+        for tp, records in batch.items():
+            if tp not in assigned or not records:
+                continue
+            catch_up = self.catch_up.get(tp)
+            state = self.states[self.feeds[tp.topic].name].get(tp.partition)
+            if catch_up is not None and not catch_up.publish and state is not None:
+                self.consumer.seek(tp, state.next_offset)
+            else:
+                self.consumer.seek(tp, records[0].offset)
+        log.info("dropped a batch fetched during the assignment; fetching it again from the restored positions")
+
     async def _handle(self, batch: dict[TopicPartition, list]) -> None:
         started = time.perf_counter()
         assigned = self.consumer.assignment()
@@ -501,6 +524,7 @@ class BatchScorer(Service):
                     saved, window=scoring.threshold_window, warmup=scoring.threshold_warmup)
                 restored.append(f"{feed.name}[{tp.partition}]@{saved.get('next_offset')}")
                 await self._rejoin(tp, saved.get("next_offset"))
+            self.assignments += 1
         self.ready = True
         log.info("assigned %s; restored state of %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),
                  ", ".join(restored) or "no partition (fresh state)")
