@@ -210,6 +210,7 @@ class BatchScorer(Service):
         self.committing: asyncio.Future | None = None
         self.catch_up: dict[TopicPartition, CatchUp] = {}
         self.assignments = 0  # completed ``on_assigned`` calls: a batch fetched across one is fetched again
+        self.prepared: set[TopicPartition] = set()  # assigned partitions whose state ``on_assigned`` has set up
 
     def new_state(self) -> PartitionState:
         scoring = self.settings.scoring
@@ -390,6 +391,9 @@ class BatchScorer(Service):
         for tp, records in batch.items():
             if tp not in assigned or not records:
                 continue  # revoked while we waited for the lock: the new owner reprocesses it
+            if tp not in self.prepared:  # fetched before ``on_assigned`` restored its state: again after it
+                self.consumer.seek(tp, records[0].offset)
+                continue
             catch_up = self.catch_up.get(tp)
             if catch_up is not None:
                 split = next((i for i, r in enumerate(records) if r.offset >= catch_up.until), len(records))
@@ -495,6 +499,7 @@ class BatchScorer(Service):
                 self.states[feed].pop(partition, None)
             for tp in revoked:
                 self.catch_up.pop(tp, None)
+                self.prepared.discard(tp)
         self.ready = False
         log.info("revoked %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
@@ -524,6 +529,7 @@ class BatchScorer(Service):
                     saved, window=scoring.threshold_window, warmup=scoring.threshold_warmup)
                 restored.append(f"{feed.name}[{tp.partition}]@{saved.get('next_offset')}")
                 await self._rejoin(tp, saved.get("next_offset"))
+            self.prepared.update(tp for tp in assigned if tp.topic in self.feeds)
             self.assignments += 1
         self.ready = True
         log.info("assigned %s; restored state of %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),
