@@ -283,7 +283,7 @@ class BatchScorer(Service):
             if batch:
                 self.metrics.stage_seconds["fetch"] += time.perf_counter() - fetch_started
                 async with self.lock:
-                    if assignments != self.assignments:
+                    if assignments != self.assignments or not self.prepared.issuperset(batch):
                         self._refetch(batch)
                     else:
                         await self._handle(batch)
@@ -367,8 +367,8 @@ class BatchScorer(Service):
         """Drop a batch fetched while partitions were being assigned, and fetch it again. The consumer
         starts fetching from the committed offsets as soon as it has the assignment, before
         ``on_assigned`` has restored the state and sought to where the state needs it (``CatchUp``):
-        such a batch may hold records the state has not reached yet, or records it is about to read
-        again from the seek."""
+        such a batch may hold records the state has not reached yet, records it is about to read again
+        from the seek, or records of a partition whose state is not restored yet."""
         assigned = self.consumer.assignment()
         for tp, records in batch.items():
             if tp not in assigned or not records:
@@ -391,9 +391,6 @@ class BatchScorer(Service):
         for tp, records in batch.items():
             if tp not in assigned or not records:
                 continue  # revoked while we waited for the lock: the new owner reprocesses it
-            if tp not in self.prepared:  # fetched before ``on_assigned`` restored its state: again after it
-                self.consumer.seek(tp, records[0].offset)
-                continue
             catch_up = self.catch_up.get(tp)
             if catch_up is not None:
                 split = next((i for i, r in enumerate(records) if r.offset >= catch_up.until), len(records))
@@ -412,9 +409,10 @@ class BatchScorer(Service):
             self.metrics.caught_up += len(records)
         for topic, records in outputs_only.items():
             feed, scoring = self.feeds[topic], self.settings.scoring
-            scratch = {p: PartitionState.from_dict(state.to_dict(), window=scoring.threshold_window,
+            states = self.states[feed.name]
+            scratch = {p: PartitionState.from_dict(states[p].to_dict(), window=scoring.threshold_window,
                                                    warmup=scoring.threshold_warmup)
-                       for p, state in self.states[feed.name].items()}
+                       for p in {r.partition for r in records} if p in states}
             futures += await self._publish(self._process(feed, records, scratch))
         for topic, records in by_topic.items():
             if records:
