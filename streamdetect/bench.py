@@ -447,24 +447,25 @@ async def count_records(kafka: dict, topic: str, values: set[bytes]) -> int:
                                 fetch_max_wait_ms=50, max_partition_fetch_bytes=16 << 20)
     await consumer.start()
     found = 0
+
+    def count(batch: dict) -> None:
+        nonlocal found
+        found += sum(1 for records in batch.values() for r in records if r.value in values)
+
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=50_000)
-            found += sum(1 for records in batch.values() for r in records if r.value in values)
-            assignment = consumer.assignment()
-            ends = [(consumer.highwater(tp), await consumer.position(tp)) for tp in assignment]
-            if assignment and all(high is not None and position >= high for high, position in ends):
-                return found
+        await wait_caught_up(consumer, on_batch=count)
     finally:
         await consumer.stop()
-    raise TimeoutError(f"{topic} not read to its end")
+    return found
 
 
-async def wait_caught_up(consumer, timeout: float = 60.0) -> None:
+async def wait_caught_up(consumer, timeout: float = 60.0, on_batch: Callable[[dict], None] | None = None) -> None:
+    """Consume the consumer's topics to their fetch high watermarks (``on_batch`` sees each batch)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        await consumer.getmany(timeout_ms=200, max_records=50_000)
+        batch = await consumer.getmany(timeout_ms=200, max_records=50_000)
+        if on_batch is not None:
+            on_batch(batch)
         assignment = consumer.assignment()
         caught_up = bool(assignment)
         for tp in assignment:
@@ -472,7 +473,7 @@ async def wait_caught_up(consumer, timeout: float = 60.0) -> None:
             caught_up &= highwater is not None and await consumer.position(tp) >= highwater
         if caught_up:
             return
-    raise TimeoutError("scores topic not read to its end")
+    raise TimeoutError(f"{sorted(consumer.subscription())} not read to their end within {timeout:.0f}s")
 
 
 # -- the bundle -----------------------------------------------------------------------------------

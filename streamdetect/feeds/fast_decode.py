@@ -5,8 +5,8 @@ letters). For the common case, a batch of valid events, the worker first decodes
 with a msgspec ``Struct`` built from that model. In the bench this took the worker's
 ``decode_validate`` stage from 7.7 to 4.524 ms per 1,000 transactions (pydantic's batch call
 alone: benchmarks/results/superseded/stream-before-msgspec-mirror.json; with the mirror, the
-run after it: benchmarks/results/superseded/stream-before-exact-state-restore.json). The mirror only has to be **stricter** than the model: whatever
-it refuses goes on to pydantic, which accepts it or words the dead letter; whatever it accepts,
+run after it: benchmarks/results/superseded/stream-before-exact-state-restore.json). The mirror
+only has to be **stricter** than the model: whatever it refuses goes on to pydantic, which accepts it or words the dead letter; whatever it accepts,
 pydantic would accept with the same values (``tests/test_fast_decode.py`` checks this on fuzzed
 and edge-case events). Hence:
 
