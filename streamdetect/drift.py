@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from river import drift as river_drift
 
+from streamdetect.thresholds import rows_by_key
+
 log = logging.getLogger(__name__)
 
 
@@ -153,16 +155,9 @@ class DriftMonitor:
                      event_times: Sequence | None = None, partition: int | None = None) -> list[DriftEvent]:
         """Feed each key's detector its values (grouped by key, in order); ``event_times`` (datetimes
         or strings) label the drift events."""
-        by_key: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            rows = by_key.get(key)
-            if rows is None:
-                by_key[key] = [i]
-            else:
-                rows.append(i)
         values = np.asarray(values, dtype=np.float64)
         events = []
-        for key, rows in by_key.items():
+        for key, rows in rows_by_key(keys).items():
             detector = self._get(key)
             for hit in detector.update_many(values[rows].tolist()):
                 evidence = detector.evidence()

@@ -35,6 +35,22 @@ import numpy as np
 from river import stats
 
 
+def rows_by_key(keys: Sequence[str]) -> dict[str, np.ndarray | list[int]]:
+    """Each distinct key's rows, in order. A batch often has one key (the feed's "" when its
+    events carry none): that case costs one ``set`` instead of a Python step per event."""
+    distinct = set(keys)
+    if len(distinct) == 1:
+        return {distinct.pop(): np.arange(len(keys))}
+    rows_of: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        rows = rows_of.get(key)
+        if rows is None:
+            rows_of[key] = [row]
+        else:
+            rows.append(row)
+    return rows_of
+
+
 def p_values(scores: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:
     """Conformal p-values of ``scores`` against sorted calibration scores (vectorised)."""
     n = len(calibration_sorted)
@@ -142,21 +158,14 @@ class PartitionState:
         return out
 
     def update(self, keys: Sequence[str], scores: np.ndarray) -> None:
-        # grouped by key, in order: one bulk update per key (a batch often has one key: the feed's "")
-        by_key: dict[str, list[float]] = {}
-        for key, score in zip(keys, scores.tolist()):
-            values = by_key.get(key)
-            if values is None:
-                by_key[key] = [score]
-            else:
-                values.append(score)
-        for key, values in by_key.items():
+        # grouped by key, in order: one bulk update per key
+        for key, rows in rows_by_key(keys).items():
             level = self.keys.get(key)
             if level is None:
                 level = self.keys[key] = KeyLevel(self.window)
             else:
                 self.keys.move_to_end(key)
-            level.update_many(values)
+            level.update_many(scores[rows].tolist())
         while len(self.keys) > self.max_keys:
             self.keys.popitem(last=False)  # least recently seen key
 
@@ -219,7 +228,8 @@ def apply_thresholds(
     n = len(calibration_sorted)  # sorted: the median is its middle (np.median would sort it again)
     calibration_median = max(float(calibration_sorted[(n - 1) // 2] + calibration_sorted[n // 2]) / 2.0, 1e-12) if n else 1e-12
     by_key = state.factors(keys, calibration_median)
-    factors = np.fromiter((by_key[k] for k in keys), dtype=np.float64, count=len(keys))
+    factors = np.full(len(keys), next(iter(by_key.values()))) if len(by_key) == 1 else \
+        np.fromiter(map(by_key.__getitem__, keys), dtype=np.float64, count=len(keys))
     p = p_values(scores / factors, calibration_sorted)
     thresholds = score_threshold(calibration_sorted, rate) * factors
     state.update(keys, scores)

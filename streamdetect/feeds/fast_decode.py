@@ -25,17 +25,19 @@ and edge-case events). Hence:
 from __future__ import annotations
 
 import datetime as dt
+import re
 import types
 import typing
 from dataclasses import dataclass
 from functools import cache
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 import annotated_types as at
 import msgspec
 import numpy as np
 import pydantic
+from msgspec.structs import astuple
 from pydantic import BaseModel
 
 from streamdetect.feeds.columnar import EventTable, field_layout
@@ -51,45 +53,127 @@ class Unmirrorable(Exception):
 
 
 @dataclass(frozen=True)
+class NumberBounds:
+    """The number fields' ``ge``/``le``/``gt``/``lt``, one entry per number column (+-inf where a
+    field has no such bound), checked on the batch's whole block at once."""
+
+    ge: np.ndarray
+    le: np.ndarray
+    gt: np.ndarray
+    lt: np.ndarray
+
+    @classmethod
+    def of(cls, constraints: list[dict]) -> "NumberBounds | None":
+        if not any(constraints):
+            return None
+        low, high = -np.inf, np.inf
+        return cls(*(np.array([c.get(key, default) for c in constraints], dtype=np.float64)
+                     for key, default in (("ge", low), ("le", high), ("gt", low), ("lt", high))))
+
+    def failures(self, block: np.ndarray) -> list[int]:
+        ok = (block >= self.ge) & (block <= self.le) & (block > self.gt) & (block < self.lt)
+        return [] if ok.all() else np.flatnonzero(~ok.all(axis=1)).tolist()
+
+
+@dataclass(frozen=True)
+class TextRule:
+    """A string field's ``min_length``/``max_length``/``pattern``, checked value by value (an absent
+    optional value passes: the struct only lets it be absent where the model does)."""
+
+    name: str
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: re.Pattern | None = None
+
+    def failures(self, values: list) -> list[int]:
+        present = values if None not in values else [v for v in values if v is not None]
+        lengths_ok = True
+        if self.min_length is not None or self.max_length is not None:
+            lengths = list(map(len, present))
+            lengths_ok = (self.min_length is None or min(lengths, default=self.min_length) >= self.min_length) and \
+                         (self.max_length is None or max(lengths, default=self.max_length) <= self.max_length)
+        if lengths_ok and (self.pattern is None or all(map(self.pattern.search, present))):
+            return []  # the common case: one pass over the batch
+        return [row for row, value in enumerate(values) if value is not None and not self.accepts(value)]
+
+    def accepts(self, value: str) -> bool:
+        return (self.min_length is None or len(value) >= self.min_length) and \
+               (self.max_length is None or len(value) <= self.max_length) and \
+               (self.pattern is None or self.pattern.search(value) is not None)
+
+
+@dataclass(frozen=True)
 class FastDecoder:
-    """Decodes a feed's records into an ``EventTable``, leaving out the ones it refuses."""
+    """Decodes a feed's records into an ``EventTable``, leaving out the ones it refuses.
+
+    The struct checks types only (and unknown or missing fields); bounds, lengths and patterns are
+    checked afterwards on the batch's columns: msgspec's per-value constraints (a Python regex call
+    per pattern, per event) cost as much as the rest of the decode (``bench.py``'s stages)."""
 
     decoder: msgspec.json.Decoder
     numbers: tuple[str, ...]
     times: tuple[str, ...]
     texts: tuple[str, ...]
+    bounds: NumberBounds | None = None
+    rules: tuple[TextRule, ...] = ()
 
     def decode(self, values: list[bytes]) -> tuple[list[int], EventTable]:
         """(positions of the accepted values, their table); the others are for pydantic."""
+        try:  # the common case: every value decodes
+            structs, accepted = list(map(self.decoder.decode, values)), list(range(len(values)))
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            structs, accepted = self._decode_each(values)
+        n, width = len(structs), len(self.numbers)
+        block = np.empty((n, width), dtype=np.float64)
+        if width and n:
+            # the struct's fields start with the numbers: its tuple's head, straight into one float block
+            head = itemgetter(slice(0, width))
+            block = np.fromiter(chain.from_iterable(map(head, map(astuple, structs))), dtype=np.float64, count=n * width)
+            block = block.reshape(n, width)
+        columns = {name: list(map(attrgetter(name), structs)) for name in self.times + self.texts}
+        refused = set(self.bounds.failures(block)) if self.bounds is not None else set()
+        for rule in self.rules:
+            refused.update(rule.failures(columns[rule.name]))
+        kept = None
+        if refused:
+            kept = [k for k in range(n) if k not in refused]
+        times = {}
+        for name in self.times:
+            texts = columns[name] if kept is None else [columns[name][k] for k in kept]
+            try:
+                times[name] = list(map(dt.datetime.fromisoformat, texts))
+            except ValueError:  # e.g. 2013-02-29 matches the pattern: pydantic says what is wrong
+                kept = [k for k in (kept if kept is not None else range(n))
+                        if all(_parses(columns[other][k]) for other in self.times)]
+                return self._taking(kept, accepted, block, columns)
+        if kept is not None:
+            return self._taking(kept, accepted, block, columns)
+        return accepted, self._table(n, block, columns, times)
+
+    def _decode_each(self, values: list[bytes]) -> tuple[list, list[int]]:
         decode = self.decoder.decode
-        structs, refused = [], []
+        structs, accepted = [], []
         for i, raw in enumerate(values):
             try:
                 structs.append(decode(raw))
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-                refused.append(i)
-        refused_set = set(refused)
-        accepted = [i for i in range(len(values)) if i not in refused_set]
-        times = {}
-        for name in self.times:
-            texts = list(map(attrgetter(name), structs))
-            try:
-                times[name] = list(map(dt.datetime.fromisoformat, texts))
-            except ValueError:  # e.g. 2013-02-29 matches the pattern: pydantic says what is wrong
-                kept = [k for k, text in enumerate(texts) if _parses(text)]
-                structs, accepted = [structs[k] for k in kept], [accepted[k] for k in kept]
-                times = {n: [v[k] for k in kept] for n, v in times.items()}
-                times[name] = [dt.datetime.fromisoformat(texts[k]) for k in kept]
-        n, width = len(structs), len(self.numbers)
+                continue
+            accepted.append(i)
+        return structs, accepted
+
+    def _taking(self, kept: list[int], accepted: list[int], block: np.ndarray, columns: dict[str, list]
+                ) -> tuple[list[int], EventTable]:
+        """The rows ``kept`` of a batch some of whose rows failed a check (rare: no hurry)."""
+        columns = {name: [values[k] for k in kept] for name, values in columns.items()}
+        times = {name: list(map(dt.datetime.fromisoformat, columns[name])) for name in self.times}
+        return [accepted[k] for k in kept], self._table(len(kept), block[kept], columns, times)
+
+    def _table(self, n: int, block: np.ndarray, columns: dict[str, list], times: dict[str, list]) -> EventTable:
         table = EventTable(n, times=times)
-        if width:
-            # one C-level getter per event, straight into one float block
-            numbers = attrgetter(*self.numbers) if width > 1 else (lambda s, name=self.numbers[0]: (getattr(s, name),))
-            block = np.fromiter(chain.from_iterable(map(numbers, structs)), dtype=np.float64, count=n * width)
-            block = block.reshape(n, width)
+        if self.numbers:
             table.numbers = {name: block[:, j] for j, name in enumerate(self.numbers)}
-        table.texts = {name: list(map(attrgetter(name), structs)) for name in self.texts}
-        return accepted, table
+        table.texts = {name: columns[name] for name in self.texts}
+        return table
 
 
 def _parses(text: str) -> bool:
@@ -117,7 +201,7 @@ def _mirror(model: type[BaseModel]) -> FastDecoder:
     if any((decorators.validators, decorators.field_validators, decorators.root_validators,
             decorators.model_validators, decorators.field_serializers)):
         raise Unmirrorable("validators")
-    definitions = {}  # field name -> msgspec field definition
+    definitions, checks = {}, {}  # field name -> msgspec field definition, its constraints
     for name, info in model.model_fields.items():
         if info.alias not in (None, name):
             raise Unmirrorable(f"{name}: alias")
@@ -137,16 +221,23 @@ def _mirror(model: type[BaseModel]) -> FastDecoder:
             metadata = list(info.metadata)
         if optional and annotation is not str:
             raise Unmirrorable(f"{name}: optional {annotation}")
-        definitions[name] = _field(name, annotation, metadata, optional)
+        kind, meta = _field(name, annotation, metadata)
+        definitions[name] = (name, kind | None, None) if optional else (name, kind)
+        checks[name] = meta
     # the same split into numbers, times and texts as the tables pydantic events make (so that both
     # kinds of table concatenate); gc=False: numbers and strings make no reference cycle
     numbers, times, texts = field_layout(model)
     struct = msgspec.defstruct(f"{model.__name__}Mirror", [definitions[n] for n in numbers + times + texts],
                                kw_only=True, forbid_unknown_fields=True, frozen=True, gc=False)
-    return FastDecoder(msgspec.json.Decoder(struct), numbers, times, texts)
+    bounds = NumberBounds.of([checks[name] for name in numbers])
+    rules = tuple(TextRule(name, checks[name].get("min_length"), checks[name].get("max_length"),
+                           re.compile(checks[name]["pattern"]) if "pattern" in checks[name] else None)
+                  for name in times + texts if checks[name])
+    return FastDecoder(msgspec.json.Decoder(struct), numbers, times, texts, bounds, rules)
 
 
-def _field(name: str, annotation, metadata: list, optional: bool):
+def _field(name: str, annotation, metadata: list) -> tuple[type, dict]:
+    """(the type the struct decodes, the constraints ``FastDecoder`` checks after it) of one field."""
     meta: dict = {}
     for item in metadata:
         if type(item) in _CONSTRAINTS:
@@ -162,14 +253,11 @@ def _field(name: str, annotation, metadata: list, optional: bool):
     if annotation is float:
         if meta.keys() - {"ge", "le", "gt", "lt"}:
             raise Unmirrorable(f"{name}: {meta}")
-        kind = float  # JSON has no NaN/inf and msgspec refuses overflowing numbers: always finite
-    elif annotation is str:
-        kind = str
-    elif annotation is dt.datetime:
+        return float, meta  # JSON has no NaN/inf and msgspec refuses overflowing numbers: always finite
+    if annotation is str:
+        return str, meta
+    if annotation is dt.datetime:
         if meta:
             raise Unmirrorable(f"{name}: {meta}")
-        meta, kind = {"pattern": RFC3339}, str
-    else:
-        raise Unmirrorable(f"{name}: {annotation}")
-    kind = typing.Annotated[kind, msgspec.Meta(**meta)] if meta else kind
-    return (name, kind | None, None) if optional else (name, kind)
+        return str, {"pattern": RFC3339}
+    raise Unmirrorable(f"{name}: {annotation}")
