@@ -281,6 +281,12 @@ class BatchScorer(Service):
             except ConsumerStoppedError:
                 break
             if batch:
+                # getmany hands out buffered records without yielding to the event loop, so batch after
+                # batch would run before aiokafka's fetcher could ask for the partitions already drained
+                # (or the producer send the outputs): a few loop turns let that request go out now, and
+                # the broker serves it while this batch is scored
+                for _ in range(4):
+                    await asyncio.sleep(0)
                 self.metrics.stage_seconds["fetch"] += time.perf_counter() - fetch_started
                 async with self.lock:
                     if assignments != self.assignments or not self.prepared.issuperset(batch):
