@@ -5,10 +5,16 @@ letters). For the common case, a batch of valid events, the worker first decodes
 with a msgspec ``Struct`` built from that model. In the bench this took the worker's
 ``decode_validate`` stage from 7.7 to 4.524 ms per 1,000 transactions (pydantic's batch call
 alone: benchmarks/results/superseded/stream-before-msgspec-mirror.json; with the mirror, the
-run after it: benchmarks/results/superseded/stream-before-exact-state-restore.json). The mirror
-only has to be **stricter** than the model: whatever it refuses goes on to pydantic, which accepts it or words the dead letter; whatever it accepts,
-pydantic would accept with the same values (``tests/test_fast_decode.py`` checks this on fuzzed
-and edge-case events). Hence:
+run after it: benchmarks/results/superseded/stream-before-exact-state-restore.json).
+
+The struct checks types, missing and unknown fields only; the constraints are checked after it,
+on the batch's columns (``NumberBounds`` on the whole float block at once, ``TextRule`` one pass
+per string field). msgspec's own per-value constraints cost as much again as the decode itself
+(its pattern check is a Python regex call per value, per event).
+
+The mirror only has to be **stricter** than the model: whatever it refuses goes on to pydantic,
+which accepts it or words the dead letter; whatever it accepts, pydantic would accept with the
+same values (``tests/test_fast_decode.py`` checks this on fuzzed and edge-case events). Hence:
 
 - Only models made of what can be mirrored exactly get a mirror: ``extra="forbid"``, no
   validators, fields that are floats, strings or datetimes (optionally ``| None = None``) with
@@ -104,11 +110,8 @@ class TextRule:
 
 @dataclass(frozen=True)
 class FastDecoder:
-    """Decodes a feed's records into an ``EventTable``, leaving out the ones it refuses.
-
-    The struct checks types only (and unknown or missing fields); bounds, lengths and patterns are
-    checked afterwards on the batch's columns: msgspec's per-value constraints (a Python regex call
-    per pattern, per event) cost as much as the rest of the decode (``bench.py``'s stages)."""
+    """Decodes a feed's records into an ``EventTable``, leaving out the ones it refuses (the
+    struct checks types; ``bounds`` and ``rules`` the constraints, on the batch's columns)."""
 
     decoder: msgspec.json.Decoder
     numbers: tuple[str, ...]
