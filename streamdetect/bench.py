@@ -96,6 +96,7 @@ def run_settings(base: Settings, registry: Path, web_port: int, *, suffix: str |
         "STREAMDETECT_KAFKA__CONSUMER_GROUP": group or f"scorers-{suffix}",
         "STREAMDETECT_REGISTRY_DIR": str(Path(registry).resolve()),
         "STREAMDETECT_WEB_PORT": str(web_port),
+        "STREAMDETECT_SCORING__BATCH_SIZE": str(base.scoring.batch_size),
         **WORKER_ENV,
         **(extra_env or {}),
     })
@@ -731,6 +732,9 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
     from streamdetect.broker import EmbeddedBroker, client_kwargs, ensure_topics, free_port
 
     base = get_settings()
+    if n_events < 8 * base.scoring.batch_size:
+        # rates are measured between batches: a quick run's few thousand events must span several
+        base = base.model_copy(update={"scoring": base.scoring.model_copy(update={"batch_size": max(n_events // 8, 1)})})
     workdir.mkdir(parents=True, exist_ok=True)
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     logs = workdir / run_id
@@ -739,6 +743,7 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
         "preset": "quick" if quick else "full", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "load_avg": {"start": load_avg()}, "events": n_events, "worker_env": WORKER_ENV,
+        "batch_size": base.scoring.batch_size,
     }
     owned: EmbeddedBroker | None = None
     if base.kafka.bootstrap:
