@@ -57,7 +57,7 @@ class DataSettings(BaseModel):
 
 class ScoringSettings(BaseModel):
     target_false_alarm_rate: float = Field(0.01, gt=0, lt=1, description="alert when p-value < this")
-    batch_size: int = Field(4096, ge=1, description="max events per scored batch: each batch has fixed costs (a few dozen numpy and torch calls, a scores record per partition, a fetch), which 4096 events share better than 2048 (python -m streamdetect.bench's worker stages); only a backlog fills a batch, so latency at a steady rate does not depend on it")
+    batch_size: int = Field(4096, ge=1, description="max events per scored batch: each batch has fixed costs (a few dozen numpy and torch calls, a scores record per partition, a fetch), which 4096 events share better than 2048; only a backlog fills a batch, so latency at a steady rate does not depend on it")
     linger_ms: int = Field(50, ge=0, description="max wait to fill a batch")
     threshold_window: int = Field(1000, ge=10, description="recent scores per key for the adaptive quantile")
     threshold_warmup: int = Field(200, ge=0, description="events per key before its own score level adapts the threshold; a value above any key's volume keeps the calibrated threshold fixed (for feeds where anomalies are not rare)")

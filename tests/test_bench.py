@@ -62,6 +62,10 @@ def test_quick_run_writes_every_figure(creditcard_bundles, tmp_path):
                 "stages_ms_per_1k", "broker", "machine", "date", "load_avg", "reliability"):
         assert result.get(key) is not None, key
     assert result["preset"] == "quick" and result["machine"]["cores"] >= 1
+    # rates are measured between batches: the quick run's batch size is shrunk so that it spans several,
+    # and the ceiling never reads more records per getmany than the worker scores per batch
+    assert result["batch_size"] == 3000 // 8 and result["worker_run"]["batches"] >= 2
+    assert result["raw_max_records"] == min(2048, result["batch_size"])
     assert result["worker_run"]["all_scored"] and result["ratio"] == pytest.approx(
         result["worker_eps"] / result["raw_consume_eps"], rel=0.01)
     # one pair in the quick preset: a raw run, then the worker run
