@@ -74,6 +74,37 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+async def sample_cpu(pid: int, samples: list[tuple[float, float]], interval: float = 1.0) -> None:
+    """Append (wall time, CPU seconds of ``pid``) to ``samples`` every ``interval`` until cancelled."""
+    while True:
+        samples.append((time.time(), cpu_seconds(pid)))
+        await asyncio.sleep(interval)
+
+
+def latency_windows(sent_s: Sequence[float], latency_ms: Sequence[float], *, origin: float | None = None,
+                    window_s: float = 5.0, cpu_samples: Sequence[tuple[float, float]] = ()) -> list[dict]:
+    """Latency percentiles of the events sent in each ``window_s`` since ``origin`` (default: the
+    first send), with the share of a core the sampled process used in that window: a run's overall
+    p99 hides whether latency was steady or grew as the run went on (Tansu's fetch cost grows with
+    the length of a partition)."""
+    sent, latency = np.asarray(sent_s, dtype=float), np.asarray(latency_ms, dtype=float)
+    if not len(sent):
+        return []
+    first, windows = (sent.min() if origin is None else origin), []
+    cpu = np.asarray(cpu_samples, dtype=float).reshape(-1, 2)
+    for start in np.arange(0.0, sent.max() - first + 1e-9, window_s):
+        chosen = latency[(sent - first >= start) & (sent - first < start + window_s)]
+        if not len(chosen):
+            continue
+        window = {"from_s": round(float(start), 1), "events": int(len(chosen)),
+                  **{f"p{p}": round(float(np.percentile(chosen, p)), 1) for p in (50, 99)}}
+        inside = cpu[(cpu[:, 0] >= first + start) & (cpu[:, 0] <= first + start + window_s)] if len(cpu) else cpu
+        if len(inside) >= 2:
+            window["cpu_share"] = round(float((inside[-1, 1] - inside[0, 1]) / (inside[-1, 0] - inside[0, 0])), 2)
+        windows.append(window)
+    return windows
+
+
 # -- settings and processes of one run -------------------------------------------------------
 #: every worker the bench starts: drift is detected (its cost counts) but does not start a retrain,
 #: which trains a model in a second process for ~20 s and would land in the middle of a measurement
@@ -363,9 +394,10 @@ async def raw_consume(kafka: dict, topic: str, n: int, *, max_records: int, deco
 OFFER_LINGER_MS = 5
 
 async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict], rate: float, *,
-                            warmup_s: float = 1.0, timeout: float = 60.0) -> dict:
+                            warmup_s: float = 1.0, timeout: float = 60.0, broker_pid: int | None = None) -> dict:
     """Offer ``events`` at ``rate``/s to the worker's input topic, each with its send time as Kafka
-    timestamp; a consumer of the scores topic notes when each event's scores record arrives."""
+    timestamp; a consumer of the scores topic notes when each event's scores record arrives. With
+    ``broker_pid``, the latency of each 5 s of the run comes with the broker's CPU share in it."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     t = settings.topics
@@ -376,6 +408,8 @@ async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict],
     arrived: dict[str, float] = {}
     batches: list[tuple[int, float, float]] = []  # per scores record: events, oldest event's wait (ms), produced_at
     published: dict[str, float] = {}
+    cpu_samples: list[tuple[float, float]] = []
+    sampler = None
     try:
         # skip what the scores topic already holds (read to the fetch high watermark: Tansu's
         # ListOffsets(latest) cannot be trusted, see broker.py)
@@ -396,6 +430,7 @@ async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict],
             await producer.flush()
 
         sender = asyncio.create_task(offer())
+        sampler = asyncio.create_task(sample_cpu(broker_pid, cpu_samples)) if broker_pid else None
         deadline = time.monotonic() + len(messages) / rate + timeout
         while time.monotonic() < deadline and (not sender.done() or len(arrived) < len(messages)):
             batch = await consumer.getmany(timeout_ms=20)
@@ -412,6 +447,8 @@ async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict],
         await sender
         await producer.stop()
     finally:
+        if sampler is not None:
+            sampler.cancel()
         await consumer.stop()
     first = min(sent.values())
     measured = [i for i in arrived if sent[i] - first >= warmup_s]
@@ -425,6 +462,7 @@ async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict],
         | {"max": round(float(e2e.max()), 2)} if len(e2e) else None,
         "to_publish_ms": {q: round(float(np.percentile(pub, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
         if len(pub) else None,
+        "by_window": latency_windows([sent[i] for i in measured], e2e, origin=first, cpu_samples=cpu_samples),
         "worker_batches": len({b[2] for b in batches}),
         "events_per_scores_record_mean": round(float(np.mean([b[0] for b in batches])), 1) if batches else None,
         "oldest_event_wait_at_scoring_ms": {q: round(float(np.percentile([b[1] for b in batches], p)), 1)
@@ -433,15 +471,15 @@ async def offer_and_measure(kafka: dict, settings: Settings, events: list[dict],
 
 
 async def plain_latency(kafka: dict, topic: str, rate: float, seconds: float, *, fetch_max_wait_ms: int,
-                        warmup_s: float = 1.0) -> dict:
+                        warmup_s: float = 1.0, broker_pid: int | None = None) -> dict:
     """The broker's own latency at the same offered rate: a producer with a timestamp in each event
     and a plain consumer (the worker's fetch wait) in this process; one hop, no work. What ``topic``
     already holds is read first and not measured."""
     from streamdetect.broker_probe import bare_consumer_latency
 
     measured = await bare_consumer_latency(kafka, topic, rate=rate, seconds=seconds, fetch_wait_ms=fetch_max_wait_ms,
-                                           linger_ms=OFFER_LINGER_MS, warmup_s=warmup_s)
-    return {q: measured[q] for q in ("p50", "p95", "p99")}
+                                           linger_ms=OFFER_LINGER_MS, warmup_s=warmup_s, broker_pid=broker_pid)
+    return {q: measured[q] for q in ("p50", "p95", "p99", "by_window")}
 
 
 async def count_records(kafka: dict, topic: str, values: set[bytes]) -> int:
@@ -856,7 +894,7 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
             cpu_before = {"worker": lat_worker.cpu_seconds(), "bench": time.process_time(),
                           "broker": cpu_seconds(broker_pid) if broker_pid else None}
             started = time.monotonic()
-            latency = asyncio.run(offer_and_measure(kafka, lat_settings, offered, rate, warmup_s=1.0))
+            latency = asyncio.run(offer_and_measure(kafka, lat_settings, offered, rate, warmup_s=1.0, broker_pid=broker_pid))
             wall = time.monotonic() - started
             after = lat_worker.metrics()
             # share of one core each process used: the broker, the worker, and this process (producer and reader)
@@ -879,7 +917,8 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
             plain_topic = f"bench-plain-latency-{uuid.uuid4().hex[:8]}"
             ensure_topics(bootstrap, base, [plain_topic])
             result["plain_consumer_latency_ms"] = asyncio.run(plain_latency(kafka, plain_topic, rate, latency_seconds,
-                                                                                 fetch_max_wait_ms=base.kafka.fetch_max_wait_ms))
+                                                                            fetch_max_wait_ms=base.kafka.fetch_max_wait_ms,
+                                                                            broker_pid=broker_pid))
             log.info("bench: latency at %s ev/s: %s (plain consumer %s)", result["offered_eps"], result["latency_ms"],
                      result["plain_consumer_latency_ms"])
 
@@ -949,7 +988,7 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
             result["plain_consumer_latency_ms_after_backlog"] = {
                 "topic_events_before": n_events,
                 **asyncio.run(plain_latency(kafka, topic, rate, min(latency_seconds, 10.0),
-                                             fetch_max_wait_ms=base.kafka.fetch_max_wait_ms)),
+                                             fetch_max_wait_ms=base.kafka.fetch_max_wait_ms, broker_pid=broker_pid)),
             }
 
         # 6. reliability soak

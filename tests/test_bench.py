@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from streamdetect.bench import batch_rate, main, stages_per_1k
+from streamdetect.bench import batch_rate, latency_windows, main, stages_per_1k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,20 @@ def test_stages_per_1k_events():
     stages = stages_per_1k({"events": 2000, "stage_seconds": {"decode_validate": 0.02, "score": 0.004, "commit": 0.001}})
     assert stages == {"decode_validate": 10.0, "score": 2.0, "commit": 0.5, "total": 12.5}
     assert stages_per_1k({"events": 0}) is None
+
+
+def test_latency_windows_follow_send_time_and_cpu():
+    # 10 s of sends from t=100: 10 ms in the first 5 s, 40 ms in the next; the sampled process used
+    # 0.2 of a core until t=105, then 0.8 (0.68 over 104..109)
+    sent = [100 + i / 100 for i in range(1000)]
+    latency = [10.0 if t < 105 else 40.0 for t in sent]
+    cpu = [(100 + t, 0.2 * t if t <= 5 else 1.0 + 0.8 * (t - 5)) for t in range(11)]
+    windows = latency_windows(sent, latency, origin=99.0, cpu_samples=cpu)
+    assert [w["from_s"] for w in windows] == [0.0, 5.0, 10.0]  # the origin is a second before the first send
+    assert [w["events"] for w in windows] == [400, 500, 100]
+    assert [w["p99"] for w in windows] == [10.0, 40.0, 40.0]
+    assert windows[0]["cpu_share"] == pytest.approx(0.2) and windows[1]["cpu_share"] == pytest.approx(0.68)
+    assert "cpu_share" not in latency_windows(sent, latency)[0] and latency_windows([], []) == []
 
 
 @pytest.mark.integration
@@ -86,7 +100,7 @@ def test_broker_probe_measures_every_setting_on_a_real_broker(tmp_path):
     each measurement and every figure is written."""
     out = tmp_path / "probe.json"
     done = subprocess.run([sys.executable, "-m", "streamdetect.broker_probe", "--seconds", "2", "--backlog", "1500",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           "--growth-seconds", "3", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -96,3 +110,8 @@ def test_broker_probe_measures_every_setting_on_a_real_broker(tmp_path):
         assert run["received"] == run["events"] == 4000
         assert 0 <= run["p50"] <= run["p95"] <= run["p99"]
     assert result["backlog"]["events_before"] == 1500
+    growth = result["growth"]
+    assert growth["received"] == growth["events"] == 6000
+    # 3 s of sends, the first second as warm-up: windows from 0 s, each with the broker's CPU share
+    assert growth["by_window"][0]["from_s"] == 0.0 and sum(w["events"] for w in growth["by_window"]) >= 3500
+    assert all(0 < w["cpu_share"] <= os.cpu_count() for w in growth["by_window"])
