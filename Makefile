@@ -59,8 +59,9 @@ demo: model  ## embedded broker + worker, replay the evaluation slice, print ale
 test: data  ## unit and integration tests (real embedded Kafka-protocol broker, real datasets)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: install  ## streaming bench (ceiling, worker, latency, kill/fuzz/pause soak) -> benchmarks/results/stream.json
+bench: install  ## streaming bench (ceiling, worker, latency, kill/fuzz/pause soak) -> benchmarks/results/stream.json, its figure
 	$(BIN)/python -m streamdetect.bench
+	$(BIN)/python -m streamdetect.bench_figures
 
 clean:  ## remove the venv, caches, trained bundles and run outputs
 	rm -rf $(VENV) data registry runs .pytest_cache

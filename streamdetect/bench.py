@@ -386,10 +386,10 @@ async def raw_consume(kafka: dict, topic: str, n: int, *, max_records: int, deco
 
 # -- 3. latency ----------------------------------------------------------------------------------
 #: the offering producer's linger: Apache Kafka's producer default since 4.0. It also matters here:
-#: Tansu's memory storage scans a partition's record batches on every fetch, so its fetch latency
+#: Tansu's memory storage lists a partition's record batches on every fetch, so its fetch latency
 #: grows with the number of batches a partition holds (``python -m streamdetect.broker_probe``,
 #: benchmarks/results/broker_probe.json: behind 20k single-record batches a bare consumer's p99 was
-#: 406.7 ms, behind the same 20k events in bulk batches 17.2 ms), and a producer that sends every
+#: 161.1 ms, behind the same 20k events in bulk batches 16.8 ms), and a producer that sends every
 #: event as its own batch measures that scan, not the worker
 OFFER_LINGER_MS = 5
 

@@ -115,3 +115,25 @@ def test_broker_probe_measures_every_setting_on_a_real_broker(tmp_path):
     # 3 s of sends, the first second as warm-up: windows from 0 s, each with the broker's CPU share
     assert growth["by_window"][0]["from_s"] == 0.0 and sum(w["events"] for w in growth["by_window"]) >= 3500
     assert all(0 < w["cpu_share"] <= os.cpu_count() for w in growth["by_window"])
+
+
+def test_latency_figure_from_result_files(tmp_path):
+    from streamdetect import bench_figures
+
+    windows = [{"from_s": 0.0, "events": 10, "p50": 5.0, "p99": 9.0, "cpu_share": 0.2},
+               {"from_s": 5.0, "events": 10, "p50": 6.0, "p99": 12.0, "cpu_share": 0.4}]
+    stream = {"latency_run": {"by_window": windows}, "plain_consumer_latency_ms": {"p99": 9.0, "by_window": windows},
+              "offered_eps": 2000, "broker": {"kind": "embedded-tansu"}, "date": "2026-11-23"}
+    (tmp_path / "stream.json").write_text(json.dumps(stream))
+    out = tmp_path / "figure.png"
+    done = CliRunner().invoke(bench_figures.main, ["--stream", str(tmp_path / "stream.json"),
+                                                "--probe", str(tmp_path / "missing.json"), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [label for label, _ in bench_figures.latency_series(stream, {"growth": {"by_window": windows}})] == [
+        "worker: feed -> scores record (bench)", "bare consumer, one hop (bench)", "bare consumer, one hop (broker probe)"]
+    # a result file from before the per-window figures: a clear error, no empty figure
+    (tmp_path / "old.json").write_text(json.dumps({"latency_ms": {"p99": 9.0}}))
+    done = CliRunner().invoke(bench_figures.main, ["--stream", str(tmp_path / "old.json"), "--probe", str(tmp_path / "x"),
+                                                "--out", str(tmp_path / "old.png")])
+    assert done.exit_code != 0 and "no per-window latency" in done.output and not (tmp_path / "old.png").exists()
