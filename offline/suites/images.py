@@ -49,6 +49,7 @@ from offline.image_training import (
     FALSE_ALARM_RATE,
     FULL_EPOCHS,
     QUICK_TEST_IMAGES,
+    EARLY_STOPPED,
     QUICK_TRAIN_IMAGES,
     OneClassSplit,
     detector_params,
@@ -108,6 +109,9 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
     else:
         split = one_class_split(data, (target_class,), seed=seed, train_limit=train_limit, test_limit=test_limit)
     fit_kwargs, fraction = {}, ""
+    if model in EARLY_STOPPED:
+        # "full" means trained: stop on the held-out normal images' loss (label-free), not at a fixed count
+        fit_kwargs["X_val"] = split.x_calibration
     if protocol == "imbalanced":
         if model != "twodisc":
             raise ValueError("the imbalanced protocol is run for twodisc only")
