@@ -27,7 +27,7 @@ endif
 # pytest arguments, e.g. make test PYTEST_ARGS="-k bundle"
 PYTEST_ARGS ?=
 
-.PHONY: help install data model demo test bench clean
+.PHONY: help install data model demo test bench kafka clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -60,8 +60,11 @@ test: data  ## unit and integration tests (real embedded Kafka-protocol broker, 
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install  ## streaming bench (ceiling, worker, latency, kill/fuzz/pause soak) -> benchmarks/results/stream.json, its figure
-	$(BIN)/python -m streamdetect.bench
-	$(BIN)/python -m streamdetect.bench_figures
+	$(BIN)/python -m benchmarks.stream_bench
+	$(BIN)/python -m benchmarks.stream_figures
+
+kafka: install  ## fetch and verify Apache Kafka 4.x from Maven Central (needs java and mvn) -> .cache/kafka-<version>
+	$(BIN)/python -m streamdetect.kafka.apache fetch
 
 clean:  ## remove the venv, caches, trained bundles and run outputs
 	rm -rf $(VENV) data registry runs .pytest_cache

@@ -6,7 +6,7 @@ stopping) and reports AUROC/AUPRC on rows 45%-60%, which hold 100 frauds. Usage:
     python benchmarks/creditcard_model_selection.py "vae|dict(epochs=30, score_mode='recon+latent')" ...
 
 Its output is kept in benchmarks/results/creditcard_model_selection.txt; the chosen setting is
-in offline/presets.py.
+in offline/training/presets.py.
 """
 
 import sys
@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from offline.data import DataStore, load_tabular
-from offline.evaluation import ranking_metrics
-from offline.train import fit_model
+from offline.metrics import ranking_metrics
+from offline.training.train import fit_model
 from streamdetect.settings import get_settings
 
 

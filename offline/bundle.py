@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from offline.detectors import Detector, detector_class
-from offline.features import FeatureSchema
+from offline.features.schema import FeatureSchema
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"

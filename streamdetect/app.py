@@ -1,12 +1,13 @@
 """The Faust worker: ``faust -A streamdetect.app worker -l info``.
 
 Wiring only (DESIGN.md, "The worker"): the feed topics are scored in batches by ``ScoreFeeds``,
-a service the worker hosts (``service.BatchScorer``); Faust agents handle the low-volume
-``model-control`` topic; Faust's web server answers ``/health``, ``/ready`` and ``/metrics``.
+a service the worker hosts (``serving.scorer.BatchScorer``); Faust agents handle the low-volume
+``model-control`` topic; Faust's web server answers ``/health``, ``/ready``, ``/metrics`` (Prometheus
+text format) and ``/metrics.json`` (the same counts and more timings as JSON, for the demo and tests).
 
-With no ``STREAMDETECT_KAFKA__BOOTSTRAP`` set, importing this module starts (or reuses, when
-something already listens on ``kafka.embedded_port``) the embedded in-memory Tansu broker and
-stops it when the worker exits; the topics are created with the configured partition count.
+Importing this module does no I/O. When the worker starts, ``_connect`` resolves the broker: ``STREAMDETECT_KAFKA__BOOTSTRAP`` if set, else it starts (or
+reuses, when something already listens on ``kafka.embedded_port``) the embedded in-memory Tansu
+broker, stopped when the worker exits; the topics are created with the configured partition count.
 """
 
 from __future__ import annotations
@@ -14,46 +15,69 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+from typing import Any
 
 import faust
 import orjson
 from mode import Service
 
-from streamdetect.broker import client_kwargs, ensure_topics, faust_broker_config, redacted, resolve_bootstrap
-from streamdetect.retrain import LOOP_ACTIONS, Retrainer
-from streamdetect.service import BatchScorer, Metrics, ModelHolder
+from streamdetect.kafka.broker import client_kwargs, ensure_topics, faust_broker_config, redacted
+from streamdetect.kafka.local import ResolvedBroker, resolve_bootstrap
+from streamdetect.retrain.loop import Retrainer
+from streamdetect.retrain.policy import LOOP_ACTIONS
+from streamdetect.serving.metrics import Metrics
+from streamdetect.serving.models import ModelHolder
+from streamdetect.serving.scorer import BatchScorer
 from streamdetect.settings import get_settings
 
 log = logging.getLogger("streamdetect.app")
 
 settings = get_settings()
-broker = resolve_bootstrap(settings)
-atexit.register(broker.stop)  # only stops a broker this process started
-ensure_topics(broker.bootstrap, settings)
-kafka_kwargs = client_kwargs(settings, broker.bootstrap)
-faust_datadir = settings.data.data_dir / "faust"
-faust_datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
-log.info("kafka client config: %s", redacted({k: v for k, v in kafka_kwargs.items() if k != "ssl_context"}))
-
+# the broker's address is known without I/O: the configured cluster, else the embedded broker's port,
+# where ``_connect`` starts (or reuses) it when the worker starts
+bootstrap = settings.kafka.bootstrap or f"127.0.0.1:{settings.kafka.embedded_port}"
 app = faust.App(
     settings.app_id,
-    **faust_broker_config(settings, broker.bootstrap),
+    **faust_broker_config(settings, bootstrap),
     broker_client_id=settings.kafka.client_id,
     broker_request_timeout=30.0,
     consumer_auto_offset_reset="earliest",
     topic_partitions=settings.topics.partitions,
     topic_replication_factor=settings.topics.replication_factor,
     store="memory://",  # no Faust tables: per-key state lives in the batch scorer (checkpointed to the state topic)
-    datadir=str(faust_datadir),
+    datadir=str(settings.data.data_dir / "faust"),
     web_port=settings.web_port,
     web_host="127.0.0.1",
     producer_linger=0.005,
     autodiscover=False,
 )
-
-models = ModelHolder(settings.registry_dir, settings.feeds)
-metrics = Metrics()
+metrics = Metrics(settings.feeds)
+models = ModelHolder(settings.registry_dir, settings.feeds, metrics)
+metrics.versions = models.versions  # read at scrape time (``streamdetect_model_info``)
 control_topic = app.topic(settings.topics.model_control, value_serializer="raw")
+
+
+class Connection:
+    """The broker this worker talks to and the clients' keyword arguments, set at start-up."""
+
+    broker: ResolvedBroker | None = None
+    kafka_kwargs: dict[str, Any] = {}
+    retrainer: Retrainer | None = None
+
+
+connection = Connection()
+
+
+@app.on_worker_init.connect
+def _connect(sender, **kwargs) -> None:
+    """Worker start-up: resolve (or start) the broker, create the topics, make the data folders."""
+    broker = resolve_bootstrap(settings)
+    atexit.register(broker.stop)  # only stops a broker this process started
+    ensure_topics(broker.bootstrap, settings)
+    connection.broker, connection.kafka_kwargs = broker, client_kwargs(settings, broker.bootstrap)
+    connection.retrainer = Retrainer(settings, connection.kafka_kwargs, _publish_control)
+    log.info("kafka client config: %s", redacted({k: v for k, v in connection.kafka_kwargs.items() if k != "ssl_context"}))
+    (settings.data.data_dir / "faust").parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
 
 
 @app.service
@@ -61,7 +85,7 @@ class ScoreFeeds(BatchScorer):
     instance: "ScoreFeeds | None" = None
 
     def __init__(self, **kwargs):
-        super().__init__(settings, kafka_kwargs, models, metrics, **kwargs)
+        super().__init__(settings, connection.kafka_kwargs, models, metrics, **kwargs)
         ScoreFeeds.instance = self
 
     def state_options(self) -> dict:
@@ -124,12 +148,9 @@ async def _publish_control(message: dict) -> None:
     await control_topic.send(key=str(message.get("feed", "")).encode(), value=orjson.dumps(message))
 
 
-retrainer = Retrainer(settings, kafka_kwargs, _publish_control)
-
-
 @app.agent(control_topic)
 async def retrain(messages):
-    """Drift -> retrain -> shadow -> promote (``retrain.py``): ``drift`` messages from the scorers and
+    """Drift -> retrain -> shadow -> promote (``streamdetect.retrain``): ``drift`` messages from the scorers and
     manual ``{action: retrain, feed}`` requests start a retrain of the feed (training in a
     separate process); every step is published back on ``model-control``."""
     async for raw in messages:
@@ -138,17 +159,17 @@ async def retrain(messages):
         except orjson.JSONDecodeError:
             continue  # apply_control logs it
         if isinstance(message, dict) and message.get("action") in ("drift", "retrain"):
-            log.info("model-control: %s", retrainer.trigger(message))
+            log.info("model-control: %s", connection.retrainer.trigger(message))
 
 
 def _status() -> dict:
     scorer = ScoreFeeds.instance
     return {
         "app_id": settings.app_id,
-        "broker": {"bootstrap": broker.bootstrap, "kind": broker.kind},
+        "broker": {"bootstrap": connection.broker.bootstrap, "kind": connection.broker.kind} if connection.broker else None,
         "models": models.versions(),
         "refused": models.refused,
-        "retrain": list(retrainer.history)[-10:],
+        "retrain": list(connection.retrainer.history)[-10:] if connection.retrainer else [],
         "ready": bool(scorer and scorer.ready),
         "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in scorer.consumer.assignment())
         if scorer and scorer.consumer and scorer.ready else [],
@@ -167,8 +188,43 @@ async def ready(web, request):
     return web.json(status, status=200 if status["ready"] else 503)
 
 
+def _consumer_lag() -> dict[tuple[str, int], int]:
+    """{(topic, partition): highwater - position} of the batch consumer's assigned partitions, read at
+    scrape time without awaiting anything: both numbers are aiokafka's per-partition state
+    (``TopicPartitionState``). The highwater is the one the broker sent with the last fetch response
+    for the partition (what ``consumer.highwater(tp)`` returns); the position is the offset after the
+    last record ``getmany`` handed to the scorer (``await consumer.position(tp)`` would wait for a
+    valid one). So the lag counts records not yet handed out, fetched-but-buffered ones included, as
+    the Java consumer's ``records-lag`` does, and it can be as stale as the last fetch (a few ms while
+    consuming). A partition with no fetch answer yet, or no position (being reset), is left out."""
+    scorer = ScoreFeeds.instance
+    consumer = scorer.consumer if scorer is not None else None
+    subscription = consumer._subscription.subscription if consumer is not None else None
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None:
+        return {}
+    lag = {}
+    for tp in consumer.assignment():
+        state = assignment.state_value(tp)
+        if state is None or state.highwater is None or not state.has_valid_position:
+            continue
+        lag[(tp.topic, tp.partition)] = max(0, state.highwater - state.position)
+    return lag
+
+
+metrics.lag = _consumer_lag
+
+
 @app.page("/metrics")
 async def metrics_view(web, request):
+    """The Prometheus text exposition (``serving.metrics``)."""
+    body, content_type = metrics.render()
+    # the content type goes in the headers: aiohttp refuses a ``content_type`` argument that names a charset
+    return web.bytes(body, headers={"Content-Type": content_type})
+
+
+@app.page("/metrics.json")
+async def metrics_json_view(web, request):
     return web.json({**metrics.as_dict(), "models": models.versions()})
 
 

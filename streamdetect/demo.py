@@ -13,14 +13,8 @@ figures of the same bundle. Worker and broker are stopped on the way out, also o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import click
@@ -28,59 +22,15 @@ import numpy as np
 import orjson
 
 from offline.bundle import BundleError, load_current
-from streamdetect.broker import EmbeddedBroker, stop_process, ResolvedBroker, client_kwargs, ensure_topics, free_port, resolve_bootstrap
-from streamdetect.collect import Outputs, collect_outputs
+from streamdetect.kafka.broker import EmbeddedBroker, client_kwargs, ensure_topics, free_port
+from streamdetect.kafka.local import ResolvedBroker, resolve_bootstrap
+from streamdetect.kafka.collect import Outputs, collect_outputs
 from streamdetect.feeds import get_feed
 from streamdetect.replay import dataset_slice, malformed_examples, send_messages
-from streamdetect.settings import Settings, get_settings
+from streamdetect.settings import get_settings
+from streamdetect.worker_process import WorkerProcess
 
 log = logging.getLogger("streamdetect.demo")
-
-
-# -- the worker subprocess ------------------------------------------------------------------------
-def start_worker(settings: Settings, bootstrap: str, *, web_port: int, log_path: Path, extra_env: dict | None = None) -> subprocess.Popen:
-    """``faust -A streamdetect.app worker`` pointed at ``bootstrap``; its output goes to ``log_path``."""
-    env = {  # the child reads its settings from the environment, like any deployment would
-        **os.environ,
-        "STREAMDETECT_KAFKA__BOOTSTRAP": bootstrap,
-        "STREAMDETECT_WEB_PORT": str(web_port),
-        "STREAMDETECT_REGISTRY_DIR": str(Path(settings.registry_dir).resolve()),
-        "STREAMDETECT_DATA__DATA_DIR": str(Path(settings.data.data_dir).resolve()),
-        **({"STREAMDETECT_DATA__MIRROR_DIR": str(Path(settings.data.mirror_dir).resolve())} if settings.data.mirror_dir else {}),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])),
-        **(extra_env or {}),
-    }
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "streamdetect.app", "worker", "-l", "info"],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # our Ctrl-C handling stops it in order (SIGTERM, then wait)
-        )
-
-
-def wait_ready(process: subprocess.Popen, web_port: int, *, timeout: float = 90.0, log_path: Path | None = None) -> dict:
-    """Poll the worker's ``/ready`` view until it answers 200 (bundle loaded, partitions held)."""
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{web_port}/ready"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the worker exited with status {process.returncode} before it was ready; see {log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return json.loads(response.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            time.sleep(0.5)
-    raise TimeoutError(f"the worker was not ready within {timeout:.0f}s ({url}); see {log_path}")
-
-
-def worker_metrics(web_port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
-        return json.loads(response.read())
-
-
-def stop_worker(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    stop_process(process, timeout)
 
 
 # -- the report ----------------------------------------------------------------------------------------
@@ -140,7 +90,7 @@ def main(feed: str, limit: int | None, rate: float, malformed: bool, timeout: fl
     click.echo(f"bundle in service: {bundle.path} ({bundle.model_name})")
 
     resolved: ResolvedBroker | None = None
-    worker: subprocess.Popen | None = None
+    worker: WorkerProcess | None = None
     try:
         if settings.kafka.bootstrap:
             resolved = resolve_bootstrap(settings)
@@ -163,8 +113,10 @@ def main(feed: str, limit: int | None, rate: float, malformed: bool, timeout: fl
 
         web_port = web_port or free_port()
         started = time.monotonic()
-        worker = start_worker(settings, resolved.bootstrap, web_port=web_port, log_path=log_path)
-        status = wait_ready(worker, web_port, log_path=log_path)
+        worker = WorkerProcess(settings.model_copy(update={"web_port": web_port}), {}, resolved.bootstrap, log_path)
+        worker.spawn()
+        worker.wait_ready(timeout=90)
+        status = worker.get("ready")
         click.echo(f"worker ready in {time.monotonic() - started:.1f}s, serving {status['models']} (log: {log_path})")
 
         sent_at = time.time()
@@ -183,7 +135,7 @@ def main(feed: str, limit: int | None, rate: float, malformed: bool, timeout: fl
         seconds = max(max((r["produced_at"] for r in outputs.score_records), default=sent_at) - sent_at, 1e-9)
         report = summarize(outputs, label_of, sent=len(events), malformed=len(bad), seconds=seconds)
         report["send_rate_events_per_s"] = sent["rate"]
-        metrics = worker_metrics(web_port)
+        metrics = worker.metrics()
         offline = offline_figures(bundle.manifest, settings.scoring.target_false_alarm_rate)
         _print_report(report, metrics, offline, bundle.version, accounted=outputs.accounted(), expected=len(messages))
         if outputs.accounted() < len(messages):
@@ -193,7 +145,7 @@ def main(feed: str, limit: int | None, rate: float, malformed: bool, timeout: fl
         click.echo("interrupted; stopping worker and broker")
     finally:
         if worker is not None:
-            stop_worker(worker)
+            worker.stop()
         if resolved is not None:
             resolved.stop()
 

@@ -5,7 +5,7 @@ Under a well-calibrated model, the conformal p-values of normal events are unifo
 p-values pile up near 0 (or drift up when the model became too lenient). A river drift detector
 (ADWIN by default, KSWIN on request) watches each key's p-values, river style: ``update(x)``
 then ``drift_detected``. A drift becomes a ``DriftEvent`` with its evidence; the worker publishes
-it on ``model-control`` as a retrain request (see ``retrain.py``).
+it on ``model-control`` as a retrain request (see ``streamdetect.retrain``).
 
 State is checkpointable as plain JSON: each key keeps its recent values (bounded), and a
 restored monitor rebuilds its river detectors by replaying them.

@@ -23,8 +23,9 @@ from pydantic import ValidationError
 from offline.bundle import Bundle
 from streamdetect import scoring
 from streamdetect.feeds import EventTable, Feed
-from streamdetect.records import alert_id
-from streamdetect.thresholds import PartitionState, apply_thresholds, p_values
+from streamdetect.kafka.records import alert_id
+from streamdetect.state import PartitionState
+from streamdetect.thresholds import apply_thresholds, p_values
 
 
 @dataclass

@@ -36,13 +36,13 @@ SPLITS = ("train", "calibration", "test")
 def dataset_slice(feed_name: str, settings: Settings, *, split: str = "test", limit: int | None = None,
                   start: int = 0) -> tuple[list[dict], np.ndarray]:
     """Events and labels of a feed's benchmark dataset split (the rows the offline table scores)."""
-    from offline.data import DataStore, load_tabular
-    from offline.train import PROTOCOL_SPLITS
+    from offline.data import load_tabular
+    from offline.training.train import PROTOCOL_SPLITS
 
     feed = get_feed(feed_name)
     if feed.dataset is None or feed.events_from_dataset is None:
         raise click.UsageError(f"feed {feed_name!r} has no dataset to record events from")
-    store = DataStore(settings.data.data_dir, settings.data.mirror_dir, settings.data.allow_download)
+    store = settings.data.store()
     data = load_tabular(feed.dataset, store)
     index = getattr(PROTOCOL_SPLITS[feed.dataset](data), split)[start:]  # the rows the offline table scores
     if limit is not None:
@@ -177,14 +177,15 @@ def record(feed: str, split: str, limit: int | None, out_prefix: Path) -> None:
 @click.option("--bootstrap", default=None, help="broker host:port (default: settings, else the embedded broker)")
 def send(path: Path, topic: str | None, rate: float, key_field: str | None, bootstrap: str | None) -> None:
     """Replay a JSONL (sent byte for byte) or CSV file into a topic."""
-    from streamdetect.broker import ResolvedBroker, client_kwargs, resolve_bootstrap
+    from streamdetect.kafka.broker import client_kwargs
+    from streamdetect.kafka.local import ResolvedBroker, resolve_bootstrap
 
     settings = get_settings()
     resolved = ResolvedBroker(bootstrap, "external") if bootstrap else resolve_bootstrap(settings)
     if resolved.owner is not None:
         resolved.stop()
         raise click.UsageError("no broker is running: set --bootstrap or STREAMDETECT_KAFKA__BOOTSTRAP, or start the "
-                               "worker (or python -m streamdetect.broker serve) first")
+                               "worker (or python -m streamdetect.kafka.local serve) first")
     messages = read_messages(path)
     result = asyncio.run(send_messages(
         client_kwargs(settings, resolved.bootstrap), topic or settings.topics.transactions, messages,

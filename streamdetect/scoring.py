@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from offline.bundle import Bundle
-from offline.features import FeatureError
+from offline.features.schema import FeatureError
 
 
 def featurize(bundle: Bundle, columns: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[int, str], int]:
@@ -21,7 +21,7 @@ def featurize(bundle: Bundle, columns: Mapping[str, np.ndarray]) -> tuple[np.nda
     Returns ``(X, kept_rows, rejected, unseen)``: ``X`` holds the featurized rows listed in
     ``kept_rows`` (indices into the batch); ``rejected`` maps each row that could not be featurized
     to the error; ``unseen`` counts categorical values outside the training vocabulary (encoded
-    as ``<other>`` and scored, never dropped; the worker reports the count in /metrics).
+    as ``<other>`` and scored, never dropped; the worker reports the count in /metrics.json).
     """
     n = len(next(iter(columns.values()))) if columns else 0
     kept = np.arange(n)

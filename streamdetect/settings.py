@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from offline.settings import OfflineSettings
 
 
 class KafkaSettings(BaseModel):
@@ -20,6 +22,7 @@ class KafkaSettings(BaseModel):
         None, description="host:port[,host:port]; unset = start/reuse the embedded Tansu broker"
     )
     embedded_port: int = Field(19092, description="port of the embedded development broker")
+    local_broker: Literal["tansu", "apache"] = Field("tansu", description="local broker to start when bootstrap is unset: tansu (in memory, starts in milliseconds) or apache (Apache Kafka 4.x from Maven Central on the JDK: needs java and mvn, ~15 s to start; python -m streamdetect.kafka.apache)")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Kafka security protocol")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None, description="SASL mechanism")
     sasl_username: str | None = Field(None, description="SASL user")
@@ -31,7 +34,7 @@ class KafkaSettings(BaseModel):
     consumer_group: str = Field("streamdetect-scorers", description="consumer group of the batch scorers (scale out: more workers, same group)")
     session_timeout_ms: int = Field(10_000, description="group membership timeout of the batch consumer")
     heartbeat_interval_ms: int = Field(1_000, description="group heartbeat of the batch consumer")
-    fetch_max_wait_ms: int = Field(10, ge=1, description="longest a fetch waits for data: Tansu answers an idle fetch only when this runs out (python -m streamdetect.broker_probe), so it bounds latency there; Apache Kafka answers as data arrives, so 100-500 suits it")
+    fetch_max_wait_ms: int = Field(10, ge=1, description="longest a fetch waits for data: Tansu answers an idle fetch only when this runs out (python -m benchmarks.broker_probe), so it bounds latency there; Apache Kafka answers as data arrives, so 100-500 suits it")
     commit_interval_ms: int = Field(200, ge=0, description="least time between offset commits of the batch scorer: a commit per batch costs a broker round trip per batch; a kill replays at most this much (at-least-once)")
 
 
@@ -47,12 +50,6 @@ class TopicSettings(BaseModel):
     state: str = Field("streamdetect-state", description="compacted checkpoints of per-partition state")
     partitions: int = Field(4, description="partitions of every topic the project creates")
     replication_factor: int = Field(1, description="replication of the topics the project creates")
-
-
-class DataSettings(BaseModel):
-    data_dir: Path = Field(Path("data"), description="download cache of the datasets")
-    mirror_dir: Path | None = Field(None, description="directory holding the same files as the canonical homes")
-    allow_download: bool = Field(True, description="fall back to the canonical download")
 
 
 class ScoringSettings(BaseModel):
@@ -91,16 +88,16 @@ class RetrainSettings(BaseModel):
     auto_promote: bool = Field(True, description="promote a candidate that wins the shadow comparison")
 
 
-class Settings(BaseSettings):
+class Settings(OfflineSettings):
+    """The worker's settings: offline's (``data``, ``registry_dir``) plus Kafka, topics, scoring, drift, retraining."""
+
     model_config = SettingsConfigDict(env_prefix="STREAMDETECT_", env_nested_delimiter="__", extra="ignore")
 
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
-    data: DataSettings = DataSettings()
     scoring: ScoringSettings = ScoringSettings()
     drift: DriftSettings = DriftSettings()
     retrain: RetrainSettings = RetrainSettings()
-    registry_dir: Path = Field(Path("registry"), description="bundle registry: <registry>/<feed>/<version>/")
     feeds: list[str] = Field(["transactions"], description="feeds this worker scores")
     app_id: str = Field("streamdetect", description="Faust app id (prefix of its internal topics)")
     web_port: int = Field(6066, description="Faust web server (health, metrics)")

@@ -1,6 +1,6 @@
 """Fixtures of the reliability tests: a broker of their own (they pause it), and one soak run.
 
-The soak is ``streamdetect.bench.soak``, the same code the bench's longer soak runs: a good feed
+The soak is ``benchmarks.stream_bench.soak``, the same code the bench's longer soak runs: a good feed
 with 10,000 fuzzed events mixed in, the worker killed with SIGKILL and restarted mid-replay, a
 bundle with a malformed manifest promoted, the broker paused with SIGSTOP and resumed.
 """
@@ -8,6 +8,8 @@ bundle with a malformed manifest promoted, the broker paused with SIGSTOP and re
 from __future__ import annotations
 
 import pytest
+
+from conftest import BROKERS, local_broker
 
 #: make test keeps the broker pause short (the bench's soak pauses it for 30 s)
 SOAK_PAUSE_S = 8.0
@@ -18,18 +20,16 @@ SOAK_FUZZED_EVENTS = 10_000
 CANARY_PASSWORD = "canary-pw-7f3a9c"
 
 
-@pytest.fixture(scope="module")
-def own_broker():
-    """A Tansu broker only this module uses: the soak stops it with SIGSTOP."""
-    from streamdetect.broker import EmbeddedBroker, free_port
-
-    with EmbeddedBroker(free_port()) as broker:
+@pytest.fixture(scope="module", params=BROKERS)
+def own_broker(request, tmp_path_factory):
+    """A broker only this module uses (the soak stops it with SIGSTOP): Tansu, then Apache Kafka."""
+    with local_broker(request.param, tmp_path_factory) as broker:
         yield broker
 
 
 @pytest.fixture(scope="module")
 def soak_run(own_broker, creditcard_bundles, settings, tmp_path_factory):
-    from streamdetect.bench import soak
+    from benchmarks.stream_bench import soak
 
     workdir = tmp_path_factory.mktemp("soak")
     good, fuzz = SOAK_GOOD_EVENTS, SOAK_FUZZED_EVENTS

@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def creditcard_split(creditcard):
-    from offline.protocols import time_ordered_split
+    from offline.training.protocols import time_ordered_split
 
     return time_ordered_split(creditcard)
 
@@ -25,7 +25,7 @@ def creditcard_bundles(creditcard, creditcard_split, tmp_path_factory):
 
     from offline import bundle as bundles
     from offline.detectors import make_detector
-    from offline.features import FeatureSchema
+    from offline.features.schema import FeatureSchema
 
     torch.set_num_threads(1)
     split = creditcard_split

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from offline.data import DataStore, load_tabular
 from offline.data.kdd import KDDCUP99_NAMES, parse_names
-from offline.train import PROTOCOL_SPLITS
+from offline.training.train import PROTOCOL_SPLITS
 from streamdetect.feeds import get_feed
 from streamdetect.feeds.access_logs import KDD_FIELDS
 from streamdetect.settings import Settings

@@ -13,12 +13,13 @@ import orjson
 import pytest
 
 from fixtures_worker import isolated_settings
-from streamdetect.broker import client_kwargs, ensure_topics, free_port
-from streamdetect.collect import collect_outputs
-from streamdetect.demo import start_worker, stop_worker, wait_ready
+from streamdetect.kafka.broker import client_kwargs, ensure_topics, free_port
+from streamdetect.kafka.collect import collect_outputs
+from streamdetect.kafka.broker import stop_process as stop_worker
+from streamdetect.worker_process import WorkerProcess
 from streamdetect.feeds import get_feed
 from streamdetect.feeds.access_logs import KDD_FIELDS
-from streamdetect.records import Alert, DeadLetter, ScoresRecord, alert_id
+from streamdetect.kafka.records import Alert, DeadLetter, ScoresRecord, alert_id
 from streamdetect.replay import key_from_field, malformed_examples, send_messages
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -29,7 +30,7 @@ UNSEEN = [{"service": "quic_new"}, {"flag": "ZZ"}, {"protocol_type": "sctp", "se
 @pytest.fixture(scope="module")
 def nsl_kdd(data_store):
     from offline.data import load_tabular
-    from offline.train import PROTOCOL_SPLITS
+    from offline.training.train import PROTOCOL_SPLITS
 
     data = load_tabular("nsl-kdd", data_store)
     return data, PROTOCOL_SPLITS["nsl-kdd"](data)
@@ -41,7 +42,7 @@ def registry(nsl_kdd, tmp_path_factory):
     import torch
 
     from offline import bundle as bundles
-    from offline.train import fit_model
+    from offline.training.train import fit_model
 
     torch.set_num_threads(1)
     data, split = nsl_kdd
@@ -57,7 +58,7 @@ def registry(nsl_kdd, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def replayed(embedded_broker, registry, settings, nsl_kdd, tmp_path_factory):
+def replayed(kafka_broker, registry, settings, nsl_kdd, tmp_path_factory):
     data, split = nsl_kdd
     rows = split.test[:2_000]
     events = FEED.events_from_dataset(data, rows)
@@ -70,12 +71,14 @@ def replayed(embedded_broker, registry, settings, nsl_kdd, tmp_path_factory):
     env.update({"STREAMDETECT_FEEDS": '["access-logs"]', "STREAMDETECT_DRIFT__ENABLED": "false",
                 # KDDTest+ is mostly attacks: keep the calibrated threshold fixed (see the Makefile's demo)
                 "STREAMDETECT_SCORING__THRESHOLD_WARMUP": "1000000000"})
-    ensure_topics(embedded_broker.bootstrap, worker_settings)
+    ensure_topics(kafka_broker.bootstrap, worker_settings)
     log = tmp_path_factory.mktemp("access-worker") / "worker.log"
-    process = start_worker(worker_settings, embedded_broker.bootstrap, web_port=port, log_path=log, extra_env=env)
+    worker = WorkerProcess(worker_settings.model_copy(update={"web_port": port}), env, kafka_broker.bootstrap, log)
+    worker.spawn()
+    process = worker.process
     try:
-        wait_ready(process, port, timeout=120, log_path=log)
-        kafka = client_kwargs(worker_settings, embedded_broker.bootstrap)
+        worker.wait_ready(timeout=120)
+        kafka = client_kwargs(worker_settings, kafka_broker.bootstrap)
         bad = malformed_examples(events[0], max_event_bytes=worker_settings.scoring.max_event_bytes)
         messages = [orjson.dumps(e) for e in events]
         for i, (_, message, _, _) in enumerate(bad):
@@ -89,7 +92,7 @@ def replayed(embedded_broker, registry, settings, nsl_kdd, tmp_path_factory):
                                          timeout=120, event_ids=set(labels), progress=False)
 
         outputs = asyncio.run(run())
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics.json", timeout=5) as response:
             metrics = json.loads(response.read())
     finally:
         stop_worker(process)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from offline.suites.nab import overall, window_metrics
-from offline.windows import STATE_KEY, WindowConfig, fold_windows, window_frame
+from offline.evaluation.suites.nab import overall, window_metrics
+from offline.features.windows import STATE_KEY, WindowConfig, fold_windows, window_frame
 from streamdetect.budget import AlertBudget
 from streamdetect.drift import DriftMonitor, PValueDrift
 from streamdetect.feeds import get_feed

@@ -1,4 +1,4 @@
-"""``python -m streamdetect.bench``: the command line, the figures it derives, and a quick run.
+"""``python -m benchmarks.stream_bench``: the command line, the figures it derives, and a quick run.
 
 The quick run goes through the same code as the full one (a real broker, the real worker as a
 subprocess) on a few thousand events; its figures are not performance claims (those come from
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from streamdetect.bench import batch_rate, latency_windows, main, stages_per_1k
+from benchmarks.measure import latency_windows
+from benchmarks.stream_bench import batch_rate, main, stages_per_1k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def test_quick_run_writes_every_figure(creditcard_bundles, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("STREAMDETECT_KAFKA__BOOTSTRAP", None)  # the bench starts its own broker (the soak pauses it)
-    command = [sys.executable, "-m", "streamdetect.bench", "--quick", "--events", "3000", "--latency-seconds", "2",
+    command = [sys.executable, "-m", "benchmarks.stream_bench", "--quick", "--events", "3000", "--latency-seconds", "2",
                "--skip", "faust-agent", "--skip", "two-workers", "--kill-cycles", "1", "--fuzz", "300", "--pause", "2",
                "--registry", str(creditcard_bundles), "--workdir", str(tmp_path / "runs"), "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)
@@ -96,10 +97,10 @@ def test_quick_run_writes_every_figure(creditcard_bundles, tmp_path):
 
 @pytest.mark.integration
 def test_broker_probe_measures_every_setting_on_a_real_broker(tmp_path):
-    """``python -m streamdetect.broker_probe`` on the embedded broker: every offered event arrives in
+    """``python -m benchmarks.broker_probe`` on the embedded broker: every offered event arrives in
     each measurement and every figure is written."""
     out = tmp_path / "probe.json"
-    done = subprocess.run([sys.executable, "-m", "streamdetect.broker_probe", "--seconds", "2", "--backlog", "1500",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.broker_probe", "--seconds", "2", "--backlog", "1500",
                            "--growth-seconds", "3", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -118,7 +119,7 @@ def test_broker_probe_measures_every_setting_on_a_real_broker(tmp_path):
 
 
 def test_latency_figure_from_result_files(tmp_path):
-    from streamdetect import bench_figures
+    from benchmarks import stream_figures as bench_figures
 
     windows = [{"from_s": 0.0, "events": 10, "p50": 5.0, "p99": 9.0, "cpu_share": 0.2},
                {"from_s": 5.0, "events": 10, "p50": 6.0, "p99": 12.0, "cpu_share": 0.4}]

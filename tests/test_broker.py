@@ -9,10 +9,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streamdetect.broker import (
-    BrokerError, EmbeddedBroker, client_kwargs, ensure_topics, free_port, port_open, project_topics, redacted,
-    resolve_bootstrap,
-)
+from streamdetect.kafka.broker import BrokerError, EmbeddedBroker, client_kwargs, ensure_topics, free_port, port_open, project_topics, redacted
+from streamdetect.kafka.local import resolve_bootstrap
 from streamdetect.settings import Settings
 from streamdetect.state import read_latest_states
 
@@ -37,10 +35,10 @@ def test_configured_bootstrap_wins():
 def test_embedded_broker_starts_is_reused_and_stops():
     port = free_port()
     settings = Settings(kafka={"embedded_port": port})
-    first = resolve_bootstrap(settings, use_containers=False)
+    first = resolve_bootstrap(settings)
     try:
         assert first.kind == "embedded" and port_open("127.0.0.1", port)
-        second = resolve_bootstrap(settings, use_containers=False)  # something listens there: reuse, do not own
+        second = resolve_bootstrap(settings)  # something listens there: reuse, do not own
         assert second.kind == "embedded-reused" and second.owner is None
         with pytest.raises(BrokerError, match="already in use"):
             EmbeddedBroker(port).start()

@@ -8,7 +8,7 @@ import pytest
 
 from offline import bundle as bundles
 from offline.detectors import make_detector
-from offline.features import FeatureSchema
+from offline.features.schema import FeatureSchema
 
 
 @pytest.fixture()

@@ -5,9 +5,9 @@ import pytest
 
 from offline.data import DataStore, load_tabular
 from offline.detectors import REGISTRY, make_detector
-from offline.evaluation import ranking_metrics
-from offline.features import FeatureSchema
-from offline.presets import preset_params
+from offline.metrics import ranking_metrics
+from offline.features.schema import FeatureSchema
+from offline.training.presets import preset_params
 from streamdetect.settings import Settings
 
 TABULAR = ["ae", "vae", "iforest", "hst"]

@@ -17,7 +17,7 @@ from offline.data import load_tabular
 from streamdetect import pipeline
 from streamdetect.feeds import get_feed
 from streamdetect.feeds.fast_decode import fast_decoder
-from streamdetect.fuzz import fuzzed_messages
+from benchmarks.fuzz import fuzzed_messages
 
 TIMES = [
     "2013-09-01T00:00:00Z", "2013-09-01T00:00:00+01:00", "2013-09-01T00:00:00-00:00", "2013-09-01 00:00:00Z",

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.features import FeatureError, FeatureSchema
+from offline.features.schema import FeatureError, FeatureSchema
 
 
 def test_unseen_category_goes_to_other_bucket_and_is_counted():

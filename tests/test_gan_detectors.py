@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
 from offline.detectors import REGISTRY, make_detector
-from offline.image_training import detector_params
+from offline.training.images import detector_params
 
 IMAGE_MODELS = ["ae", "vae", "dcgan", "anogan", "egbad", "ganomaly", "fanogan", "twodisc", "cgan", "cvae"]
 
@@ -124,7 +124,7 @@ def test_tabular_gan_detectors_go_into_a_bundle(model, tmp_path):
     import pandas as pd
 
     from offline import bundle as bundles
-    from offline.features import FeatureSchema
+    from offline.features.schema import FeatureSchema
 
     rng = np.random.default_rng(1)
     frame = pd.DataFrame(rng.normal(size=(400, 5)), columns=list("abcde"))
@@ -137,3 +137,75 @@ def test_tabular_gan_detectors_go_into_a_bundle(model, tmp_path):
     )
     loaded = bundles.load_bundle(directory)
     np.testing.assert_allclose(loaded.detector.score(X[:20]), detector.score(X[:20]), rtol=1e-4, atol=1e-5)
+
+
+# -- the named losses and the one training loop, on their own -------------------------------------
+def test_adversarial_losses_at_their_limits():
+    from offline.detectors.gan import losses
+
+    sure, unsure = torch.full((8,), 20.0), torch.zeros(8)
+    assert losses.discriminator_loss(sure, -sure) < 1e-6  # real called real, fake called fake
+    assert torch.isclose(losses.discriminator_loss(unsure, unsure), torch.tensor(2 * np.log(2), dtype=torch.float32))
+    assert losses.generator_loss(sure) < 1e-6 and losses.generator_loss(-sure) > 19
+    assert losses.bigan_generator_encoder_loss(sure, -sure) < 1e-6
+    assert losses.wasserstein_critic_loss(torch.ones(4), torch.zeros(4)) == -1.0
+    assert losses.wgan_generator_loss(torch.full((4,), 3.0)) == -3.0
+
+
+def test_gradient_penalty_is_zero_for_a_unit_slope_critic():
+    from offline.detectors.gan.losses import gradient_penalty
+
+    w = torch.tensor([0.6, 0.8])  # ||w|| = 1: the gradient of x -> w.x has norm 1 everywhere
+    real, fake = torch.randn(16, 2), torch.randn(16, 2)
+    assert gradient_penalty(lambda x: x @ w, real, fake) < 1e-10
+    assert torch.isclose(gradient_penalty(lambda x: x @ (3 * w), real, fake), torch.tensor(4.0))
+
+
+def test_reconstruction_losses_vanish_on_a_perfect_reconstruction():
+    from offline.detectors.gan import losses
+
+    x, f, z = torch.rand(4, 1, 8, 8), torch.randn(4, 5), torch.randn(4, 3)
+    assert (losses.izif_loss(x, x, f, f, kappa=2.0) == 0).all()
+    assert (losses.anogan_search_loss(x, x, f, f) == 0).all()
+    total, parts = losses.ganomaly_generator_loss(x, x, z, z, f, f)
+    assert total == 0 and set(parts) == {"adv", "con", "enc"}
+    total, parts = losses.ganomaly_generator_loss(x, x + 0.1, z, z, f, f, w_con=50.0)
+    assert torch.isclose(total, torch.tensor(5.0)) and torch.isclose(parts["con"], torch.tensor(0.1))
+
+
+def test_two_discriminator_losses_have_one_term_per_network():
+    from offline.detectors.gan.losses import TWO_DISCRIMINATOR_TERMS, two_discriminator_generator_losses, two_discriminator_losses
+
+    def disc(x):  # image logit, 16 patch logits, features
+        return x.flatten(1).mean(1), x.flatten(1)[:, :16], x.flatten(1)
+
+    x_n, x_a = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8)
+    rec = torch.cat([x_n, x_a]).requires_grad_(True)
+    loss_dn, loss_da = two_discriminator_losses(disc, disc, x_n, x_a, rec)
+    assert loss_dn.requires_grad is False and loss_da.dim() == 0  # the reconstructions are detached for D
+    terms = two_discriminator_generator_losses(disc, disc, x_n, rec[:3], rec)
+    assert tuple(terms) == TWO_DISCRIMINATOR_TERMS and terms["con"] == 0 and terms["lat"] == 0
+
+
+def test_train_loop_early_stops_restores_the_best_weights_and_honours_max_steps():
+    from offline.detectors.training import adam_step, train_loop
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    seen = []
+
+    def val_loss(batch):  # better while the bias grows towards 1, worse past it
+        return (net.bias - 1.0).abs().sum()
+
+    history = train_loop(net, adam_step(net, lambda b: -net.bias.sum(), lr=0.02), X, epochs=50, batch_size=16,
+                         X_val=X[:8], val_loss=val_loss, patience=2, progress=False, on_epoch=lambda row: seen.append(dict(row)))
+    assert 3 < len(history) < 50 and seen == history and {"epoch", "train_loss", "val_loss"} <= set(history[0])
+    best = min(row["val_loss"] for row in history)
+    assert abs(abs(net.bias.item() - 1.0) - best) < 1e-6 and not net.training
+    steps = []
+    history = train_loop(net, lambda b: steps.append(len(b)) or {"n": len(b)}, X, epochs=10, batch_size=10, max_steps=9,
+                         min_batch=5, progress=False)
+    assert len(steps) == 9 and min(steps) == 10 and len(history) == 2 and history[-1]["n"] == 10  # the 4-row batch skipped
+    pairs = train_loop(net, lambda b: {"labels": float(b[1].sum())}, (X, np.arange(64)), epochs=1, batch_size=64, progress=False)
+    assert pairs[0]["labels"] == np.arange(64).sum()

@@ -38,7 +38,7 @@ def mnist(store):
 
 def test_train_image_model_writes_a_verified_model_and_figures(store, tmp_path):
     from offline.bundle import BundleError
-    from offline.image_training import load_image_model, train_image_model
+    from offline.training.images import load_image_model, train_image_model
 
     summary = train_image_model(dataset="mnist", model="vae", target_class="1", preset="quick", epochs=None, seed=0,
                                 out_dir=tmp_path, store=store, params={"progress": False})
@@ -54,7 +54,7 @@ def test_train_image_model_writes_a_verified_model_and_figures(store, tmp_path):
 
 
 def test_shoe_alias_trains_on_three_classes(store, tmp_path):
-    from offline.image_training import train_image_model
+    from offline.training.images import train_image_model
 
     summary = train_image_model(dataset="fashion-mnist", model="ae", target_class="shoe", preset="quick", epochs=1, seed=0,
                                 out_dir=tmp_path, store=store, params={"progress": False})
@@ -62,8 +62,8 @@ def test_shoe_alias_trains_on_three_classes(store, tmp_path):
 
 
 def test_run_one_protocols_and_columns(mnist):
-    from offline.benchmark import COLUMNS
-    from offline.suites.images import run_one
+    from offline.evaluation.benchmark import COLUMNS
+    from offline.evaluation.suites.images import run_one
 
     rows, art = run_one(mnist, "one-class", "random", 3, 0, "quick")
     assert [r["threshold_rule"] for r in rows] == ["val-fpr-0.05", "oracle-best-f1"]
@@ -80,8 +80,8 @@ def test_run_one_protocols_and_columns(mnist):
 
 
 def test_suite_appends_resumes_and_draws_tables(store, tmp_path):
-    from offline.benchmark import ResultsFile, SuiteContext
-    from offline.suites import images as suite
+    from offline.evaluation.benchmark import ResultsFile, SuiteContext
+    from offline.evaluation.suites import images as suite
 
     def ctx():
         return SuiteContext(suite="images", results=ResultsFile(tmp_path / "images.csv", suite.EXTRA_COLUMNS), store=store,
@@ -101,7 +101,7 @@ def test_suite_appends_resumes_and_draws_tables(store, tmp_path):
 
 
 def test_eda_writes_grid_counts_and_chart(mnist, tmp_path):
-    from offline.eda import class_counts, run_eda
+    from offline.figures.eda import class_counts, run_eda
 
     paths = run_eda(mnist, tmp_path)
     counts = pd.read_csv(paths["table"])
@@ -111,7 +111,7 @@ def test_eda_writes_grid_counts_and_chart(mnist, tmp_path):
 
 
 def test_frechet_distance_and_coverage():
-    from offline.generative import class_coverage, frechet_distance
+    from offline.generative.measures import class_coverage, frechet_distance
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2000, 8))
@@ -122,9 +122,9 @@ def test_frechet_distance_and_coverage():
 
 
 def test_sample_latent_and_gan_vs_vae_on_a_slice(mnist, tmp_path, monkeypatch):
-    from offline import gan_vs_vae
-    from offline.latent import latent_figures
-    from offline.sample import make_samples
+    from offline.generative import gan_vs_vae
+    from offline.generative.latent import latent_figures
+    from offline.generative.sample import make_samples
 
     monkeypatch.chdir(tmp_path)  # models are cached under ./runs/generative
     paths = make_samples(mnist, tmp_path / "fig", epochs=1, train_limit=500, recon_epochs=1, progress=False)

@@ -14,8 +14,8 @@ from offline.data.kdd import (
     iter_access_log_events,
     parse_names,
 )
-from offline.features import OTHER, FeatureSchema
-from offline.protocols import dagmm_labels, dagmm_split, dagmm_validation_normals, kdd_normal_traffic_split, nsl_kdd_split
+from offline.features.schema import OTHER, FeatureSchema
+from offline.training.protocols import dagmm_labels, dagmm_split, dagmm_validation_normals, kdd_normal_traffic_split, nsl_kdd_split
 from streamdetect.settings import Settings
 
 

@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.benchmark import COLUMNS, ResultsFile, SuiteContext
+from offline.evaluation.benchmark import COLUMNS, ResultsFile, SuiteContext
 from offline.bundle import load_bundle, save_bundle
 from offline.data import DataStore
 from offline.detectors import make_detector
-from offline.features import FeatureSchema
-from offline.suites import kdd as kdd_suite
-from offline.suites import nsl_kdd as nsl_suite
+from offline.features.schema import FeatureSchema
+from offline.evaluation.suites import kdd as kdd_suite
+from offline.evaluation.suites import nsl_kdd as nsl_suite
 from streamdetect.settings import Settings
 
 FAST_MODELS = ["knn", "ae", "iforest", "ocsvm"]

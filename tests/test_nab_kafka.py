@@ -10,8 +10,8 @@ import pytest
 from offline import bundle as bundles
 from offline.data import DataStore
 from offline.data.nab import load_nab
-from streamdetect import nab_replay
-from streamdetect.nab_kafka import replay_series_through_kafka
+from benchmarks import nab_replay
+from benchmarks.nab_kafka import replay_series_through_kafka
 
 SERIES = ["artificialWithAnomaly/art_daily_jumpsup.csv", "realAdExchange/exchange-3_cpm_results.csv"]
 BUDGET = 1.0

@@ -19,13 +19,13 @@ import pytest
 
 from fixtures_reliability import CANARY_PASSWORD, SOAK_FUZZED_EVENTS, SOAK_KILL_CYCLES
 from streamdetect import pipeline
-from streamdetect.broker import client_kwargs, faust_broker_config, redacted
+from streamdetect.kafka.broker import client_kwargs, faust_broker_config, redacted
 from streamdetect.feeds import EventTable, get_feed
-from streamdetect.fuzz import KINDS, fuzzed_messages
-from streamdetect.records import DeadLetter, alert_id
+from benchmarks.fuzz import KINDS, fuzzed_messages
+from streamdetect.kafka.records import DeadLetter, alert_id
 from streamdetect.settings import Settings
 from streamdetect.state import read_latest_states
-from streamdetect.thresholds import PartitionState
+from streamdetect.state import PartitionState
 
 FEED = get_feed("transactions")
 

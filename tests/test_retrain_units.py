@@ -9,16 +9,10 @@ import orjson
 import pytest
 
 from offline import bundle as bundles
-from offline.train import fit_model
-from offline.windows import MANIFEST_KEY, STATS_KEY, WindowConfig, fit_sensor_stats, window_frame
-from streamdetect.retrain import (
-    ShadowStats,
-    drop_rows,
-    promotion_decision,
-    shadow_compare,
-    shadow_stats,
-    train_candidate,
-)
+from offline.training.train import fit_model
+from offline.features.windows import MANIFEST_KEY, STATS_KEY, WindowConfig, fit_sensor_stats, window_frame
+from streamdetect.retrain.candidate import shadow_compare, train_candidate
+from streamdetect.retrain.policy import ShadowStats, drop_rows, promotion_decision, shadow_stats
 
 CONFIG = WindowConfig(size=8, warmup=16, memory=5000)
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
@@ -97,7 +91,7 @@ def test_candidate_trained_on_shifted_events_is_promoted_over_the_old_model(sens
 def test_training_window_after_the_drift_point_is_contiguous_per_partition():
     from dataclasses import dataclass
 
-    from streamdetect.retrain import _parse_time, after_time, choose_window
+    from streamdetect.retrain.policy import after_time, choose_window, parse_time
 
     @dataclass
     class Rec:
@@ -106,7 +100,7 @@ def test_training_window_after_the_drift_point_is_contiguous_per_partition():
         value: bytes
 
     records = [Rec(p, o, orjson.dumps({"event_time": (T0 + dt.timedelta(minutes=o)).isoformat()})) for p in (0, 1) for o in range(10)]
-    since = _parse_time((T0 + dt.timedelta(minutes=4)).isoformat().replace("+00:00", "Z"))
+    since = parse_time((T0 + dt.timedelta(minutes=4)).isoformat().replace("+00:00", "Z"))
     post = after_time(records, since)
     assert len(post) == 12 and min(r.offset for r in post) == 4
     chosen, ends = choose_window(post, 6, latest=False)
@@ -121,7 +115,7 @@ def test_pipeline_scores_sensor_windows_with_state_budget_and_drift(sensor_regis
     from streamdetect import pipeline
     from streamdetect.feeds import get_feed
     from streamdetect.pipeline import InputRecord
-    from streamdetect.thresholds import PartitionState
+    from streamdetect.state import PartitionState
 
     feed = get_feed("sensor-readings")
     bundle = bundles.load_current(sensor_registry, "sensor-readings")

@@ -21,14 +21,15 @@ import pytest
 
 from fixtures_worker import isolated_settings
 from offline import bundle as bundles
-from offline.train import fit_model
-from offline.windows import MANIFEST_KEY, STATS_KEY, WindowConfig, fit_sensor_stats, window_frame
-from streamdetect.broker import client_kwargs, ensure_topics, free_port
-from streamdetect.collect import collect_outputs
-from streamdetect.demo import start_worker, stop_worker, wait_ready
-from streamdetect.records import Alert, ScoresRecord
+from offline.training.train import fit_model
+from offline.features.windows import MANIFEST_KEY, STATS_KEY, WindowConfig, fit_sensor_stats, window_frame
+from streamdetect.kafka.broker import client_kwargs, ensure_topics, free_port
+from streamdetect.kafka.collect import collect_outputs
+from streamdetect.kafka.broker import stop_process as stop_worker
+from streamdetect.worker_process import WorkerProcess
+from streamdetect.kafka.records import Alert, ScoresRecord
 from streamdetect.replay import key_from_field, send_messages
-from streamdetect.retrain import read_all
+from streamdetect.retrain.loop import read_all
 from streamdetect.state import read_latest_states
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -82,9 +83,11 @@ class Worker:
         self.process = None
 
     def start(self):
-        self.process = start_worker(self.settings, self.bootstrap, web_port=self.port, log_path=self.log, extra_env=self.env)
+        worker = WorkerProcess(self.settings.model_copy(update={"web_port": self.port}), self.env, self.bootstrap, self.log)
+        worker.spawn()
+        self.process = worker.process
         try:
-            wait_ready(self.process, self.port, timeout=120, log_path=self.log)
+            worker.wait_ready(timeout=120)
         except Exception:
             stop_worker(self.process)
             raise AssertionError(f"worker did not get ready:\n{self.tail()}")
@@ -128,7 +131,7 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def worker(embedded_broker, sensor_registry, settings, tmp_path_factory):
+def worker(kafka_broker, sensor_registry, settings, tmp_path_factory):
     root = tmp_path_factory.mktemp("sensor-worker-run")
     port = free_port()
     worker_settings, env = isolated_settings(settings, sensor_registry, port)
@@ -148,9 +151,9 @@ def worker(embedded_broker, sensor_registry, settings, tmp_path_factory):
         "STREAMDETECT_RETRAIN__COLLECT_TIMEOUT_S": "90",
     })
     worker_settings = worker_settings.model_copy(update={"feeds": [FEED]})
-    ensure_topics(embedded_broker.bootstrap, worker_settings)
-    handle = Worker(worker_settings, env, client_kwargs(worker_settings, embedded_broker.bootstrap), port,
-                    root / "worker.log", embedded_broker.bootstrap)
+    ensure_topics(kafka_broker.bootstrap, worker_settings)
+    handle = Worker(worker_settings, env, client_kwargs(worker_settings, kafka_broker.bootstrap), port,
+                    root / "worker.log", kafka_broker.bootstrap)
     handle.start()
     yield handle
     if handle.process is not None:

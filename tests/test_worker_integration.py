@@ -18,11 +18,12 @@ import orjson
 import pytest
 
 from fixtures_worker import isolated_settings, slice_with_frauds
-from streamdetect.broker import client_kwargs, ensure_topics, free_port
-from streamdetect.collect import collect_outputs
-from streamdetect.demo import start_worker, stop_worker, wait_ready
+from streamdetect.kafka.broker import client_kwargs, ensure_topics, free_port
+from streamdetect.kafka.collect import collect_outputs
+from streamdetect.kafka.broker import stop_process as stop_worker
+from streamdetect.worker_process import WorkerProcess
 from streamdetect.feeds import get_feed
-from streamdetect.records import Alert, DeadLetter, ScoresRecord, alert_id
+from streamdetect.kafka.records import Alert, DeadLetter, ScoresRecord, alert_id
 from streamdetect.replay import key_from_field, malformed_examples, send_messages
 from streamdetect.state import read_latest_states
 
@@ -58,24 +59,26 @@ class Worker:
         raise AssertionError(f"worker {page} never satisfied the condition: {health}\n{self.log_tail()}")
 
     def start(self) -> None:
-        self.process = start_worker(self.settings, self.bootstrap, web_port=self.port, log_path=self.log, extra_env=self.env)
+        worker = WorkerProcess(self.settings.model_copy(update={"web_port": self.port}), self.env, self.bootstrap, self.log)
+        worker.spawn()
+        self.process = worker.process
         try:
-            wait_ready(self.process, self.port, timeout=120, log_path=self.log)
+            worker.wait_ready(timeout=120)
         except Exception:
             stop_worker(self.process)
             raise AssertionError(f"worker did not get ready:\n{self.log_tail()}")
 
 
 @pytest.fixture(scope="module")
-def worker(embedded_broker, creditcard_bundles, settings, tmp_path_factory):
+def worker(kafka_broker, creditcard_bundles, settings, tmp_path_factory):
     root = tmp_path_factory.mktemp("worker")
     registry = root / "registry"
     shutil.copytree(creditcard_bundles, registry)  # private: these tests move the pointer
     port = free_port()
     worker_settings, env = isolated_settings(settings, registry, port)
-    ensure_topics(embedded_broker.bootstrap, worker_settings)
-    handle = Worker(None, worker_settings, env, client_kwargs(worker_settings, embedded_broker.bootstrap), port,
-                    root / "worker.log", registry, embedded_broker.bootstrap)
+    ensure_topics(kafka_broker.bootstrap, worker_settings)
+    handle = Worker(None, worker_settings, env, client_kwargs(worker_settings, kafka_broker.bootstrap), port,
+                    root / "worker.log", registry, kafka_broker.bootstrap)
     handle.start()
     yield handle
     stop_worker(handle.process)
@@ -293,7 +296,7 @@ def test_a_kill_between_checkpoint_and_commit_counts_each_event_once(worker, cre
     assert {a["alert_id"] for a in again.alerts} <= {a["alert_id"] for a in first.alerts}
     log = worker.log.read_text(errors="replace")
     assert "replaying the gap into the state only" in log and "republishing the gap" in log, worker.log_tail()
-    worker.wait_health(lambda m: m["caught_up"] == len(ids) - len(republished), page="metrics")
+    worker.wait_health(lambda m: m["caught_up"] == len(ids) - len(republished), page="metrics.json")
     assert set(collect(len(ids), restarted_at, timeout=3).scores) == republished, "nothing else went out again"
     time.sleep(1.5)
     restored = asyncio.run(read_latest_states(worker.kafka, worker.settings.topics.state, partitions))

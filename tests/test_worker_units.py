@@ -13,10 +13,11 @@ from offline import bundle as bundles
 from streamdetect import pipeline, scoring
 from streamdetect.feeds import get_feed
 from streamdetect.pipeline import InputRecord
-from streamdetect.records import Alert, DeadLetter, ScoresRecord, alert_id
+from streamdetect.kafka.records import Alert, DeadLetter, ScoresRecord, alert_id
 from streamdetect.replay import key_from_field, malformed_examples, read_labels, read_messages, write_recording
-from streamdetect.service import ModelHolder
-from streamdetect.thresholds import PartitionState, apply_thresholds, p_values, score_threshold
+from streamdetect.serving.models import ModelHolder
+from streamdetect.state import PartitionState
+from streamdetect.thresholds import apply_thresholds, p_values, score_threshold
 
 FEED = get_feed("transactions")
 

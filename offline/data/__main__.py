@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from offline.data import DATASET_FILES, DataError, DataStore, dataset_files
+from offline.data import DATASET_FILES, DataError, dataset_files
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,10 +16,9 @@ def cli():
 @click.argument("datasets", nargs=-1, required=True, type=click.Choice(sorted(DATASET_FILES) + ["all"]))
 def fetch(datasets):
     """Fetch and verify DATASETS (or 'all') into the data directory."""
-    from streamdetect.settings import get_settings
+    from offline.data.settings import data_store
 
-    settings = get_settings().data
-    store = DataStore(settings.data_dir, settings.mirror_dir, settings.allow_download)
+    store = data_store()
     names = sorted(DATASET_FILES) if "all" in datasets else datasets
     for name in names:
         for file in dataset_files(name):

@@ -11,7 +11,7 @@ for KDD Cup 99; ``normal``, ``neptune``, ... for NSL-KDD) is kept in ``extra["la
 ``extra["difficulty"]`` (NSL-KDD's count of the 21 learners that got the row right) and
 ``extra["part"]`` (``train``/``test``) for NSL-KDD, whose two files come as one table so that a
 protocol split can hand back row indices. The DAGMM/EGBAD benchmark protocol reads the labels the
-other way round (``normal.`` is the anomaly): see ``offline.protocols.dagmm_split``.
+other way round (``normal.`` is the anomaly): see ``offline.training.protocols.dagmm_split``.
 
 Files and hashes: only the 10% training file and ``kddcup.names`` of KDD Cup 99 are verified here
 (sha256 of decompressed content, equal to the UCI files). The full training file and the labelled

@@ -10,18 +10,19 @@ from offline.detectors.base import Detector
 REGISTRY: dict[str, str] = {
     "ae": "offline.detectors.reconstruction:AutoencoderDetector",
     "vae": "offline.detectors.reconstruction:VAEDetector",
+    "deepsvdd": "offline.detectors.deep_svdd:DeepSVDDDetector",
     "iforest": "offline.detectors.baselines:IsolationForestDetector",
     "hst": "offline.detectors.baselines:HalfSpaceTreesDetector",
     "ocsvm": "offline.detectors.ocsvm:OneClassSVMDetector",
     "knn": "offline.detectors.knn:KNNDetector",
-    "dcgan": "offline.detectors.gan:DCGANDetector",
-    "anogan": "offline.detectors.gan:AnoGANDetector",
-    "egbad": "offline.detectors.gan:EGBADDetector",
-    "ganomaly": "offline.detectors.gan:GANomalyDetector",
-    "fanogan": "offline.detectors.gan:FAnoGANDetector",
-    "twodisc": "offline.detectors.gan:TwoDiscriminatorDetector",
-    "cgan": "offline.detectors.gan:ConditionalGANDetector",
-    "cvae": "offline.detectors.gan:ConditionalVAEDetector",
+    "dcgan": "offline.detectors.gan.dcgan:DCGANDetector",
+    "anogan": "offline.detectors.gan.anogan:AnoGANDetector",
+    "egbad": "offline.detectors.gan.egbad:EGBADDetector",
+    "ganomaly": "offline.detectors.gan.ganomaly:GANomalyDetector",
+    "fanogan": "offline.detectors.gan.fanogan:FAnoGANDetector",
+    "twodisc": "offline.detectors.gan.twodisc:TwoDiscriminatorDetector",
+    "cgan": "offline.detectors.gan.conditional:ConditionalGANDetector",
+    "cvae": "offline.detectors.gan.conditional:ConditionalVAEDetector",
 }
 
 

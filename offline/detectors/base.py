@@ -50,7 +50,16 @@ class Detector:
 
 
 def as_float32(X) -> np.ndarray:
+    """The one input coercion of every detector: float32, C-contiguous, rows or images.
+
+    - rows: (n, d) stays (n, d); a 1-D (n,) array is one feature, (n, 1);
+    - images: (N, C, H, W) stays; (N, H, W) is one channel, (N, 1, H, W).
+
+    Anything else is refused with a ``ValueError``.
+    """
     X = np.asarray(X, dtype=np.float32)
-    if X.ndim == 1:
+    if X.ndim in (1, 3):
         X = X[:, None]
-    return X
+    if X.ndim not in (2, 4):
+        raise ValueError(f"expected rows (n, d) or images (N, C, H, W), got an array of shape {X.shape}")
+    return np.ascontiguousarray(X)

@@ -10,6 +10,7 @@ over features or pixels, and ``explain`` gives it per feature or per pixel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -17,18 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from offline.detectors.base import Detector, as_float32
-from offline.detectors.training import predict_in_chunks, seed_everything, train_loop
+from offline.detectors.training import adam_step, predict_in_chunks, seed_everything, train_loop
 from offline.models.tabular import MLPAutoencoder, MLPVAE
 
 IMAGE_SHAPE_KEY = "meta.input_shape"  # present in the state of image models only
-
-
-def _as_input(X) -> np.ndarray:
-    """Rows stay (n, d); images become (N, C, H, W) float32."""
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim == 3:
-        X = X[:, None]
-    return X if X.ndim == 4 else as_float32(X)
 
 
 class _TabularReconstruction(Detector):
@@ -36,6 +29,8 @@ class _TabularReconstruction(Detector):
     module: torch.nn.Module | None
 
     input_shape: tuple[int, ...] | None = None  # (C, H, W) for image models, None for rows
+    #: optional ``callback(detector, history_row)`` after every epoch (network in eval mode); not a hyperparameter
+    on_epoch_end: Callable[["_TabularReconstruction", dict], None] | None = None
 
     def _build(self, n_features: int) -> torch.nn.Module:
         raise NotImplementedError
@@ -61,11 +56,11 @@ class _TabularReconstruction(Detector):
         return 1024 if self.is_image else 8192
 
     def expected(self, X) -> np.ndarray:
-        return predict_in_chunks(self._reconstruct, _as_input(X), chunk=self._chunk(), device=self.device)
+        return predict_in_chunks(self._reconstruct, as_float32(X), chunk=self._chunk(), device=self.device)
 
     def explain(self, X) -> np.ndarray:
         """Per-feature (per-pixel) squared reconstruction error; for the AE it sums to the score."""
-        X = _as_input(X)
+        X = as_float32(X)
         return (X - self.expected(X)) ** 2
 
     def _recon_loss(self, logits_or_values: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -73,6 +68,25 @@ class _TabularReconstruction(Detector):
         if self.is_image:
             return F.binary_cross_entropy_with_logits(logits_or_values, batch, reduction="none").flatten(1).sum(dim=1)
         return F.mse_loss(logits_or_values, batch, reduction="none").sum(dim=1)
+
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of a minibatch."""
+        raise NotImplementedError
+
+    def _train(self, X, X_val) -> np.ndarray:
+        """Seed, build the network for ``X``'s shape and train it (one Adam on ``_loss``, early stop
+        on ``X_val``); returns the coerced ``X``."""
+        X = as_float32(X)
+        generator = seed_everything(self.seed)
+        self.module = self._build_for(X).to(self.device)
+        on_epoch = None if self.on_epoch_end is None else (lambda row: self.on_epoch_end(self, row))
+        self.history = train_loop(
+            self.module, adam_step(self.module, self._loss, lr=self.lr, weight_decay=self.weight_decay), X,
+            X_val=None if X_val is None else as_float32(X_val), val_loss=self._loss, patience=self.patience,
+            epochs=self.epochs, batch_size=self.batch_size, generator=generator, desc=self.name, device=self.device,
+            progress=self.progress, on_epoch=on_epoch,
+        )
+        return X
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
@@ -146,25 +160,18 @@ class AutoencoderDetector(_TabularReconstruction):
 
     def encode(self, X) -> np.ndarray:
         """Latent codes (the bottleneck)."""
-        return predict_in_chunks(self.module.encoder, _as_input(X), chunk=self._chunk(), device=self.device)
+        return predict_in_chunks(self.module.encoder, as_float32(X), chunk=self._chunk(), device=self.device)
+
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._recon_loss(self.module(batch), batch).mean()
 
     def fit(self, X, *, X_val=None) -> "AutoencoderDetector":
-        X = _as_input(X)
-        generator = seed_everything(self.seed)
-        self.module = self._build_for(X)
-        self.history = train_loop(
-            self.module,
-            lambda batch: self._recon_loss(self.module(batch), batch).mean(),
-            X,
-            X_val=None if X_val is None else _as_input(X_val),
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            patience=self.patience, generator=generator, desc=self.name, device=self.device, progress=self.progress,
-        )
+        self._train(X, X_val)
         return self
 
     def score(self, X) -> np.ndarray:
         return predict_in_chunks(
-            lambda x: ((self._reconstruct(x) - x) ** 2).flatten(1).sum(dim=1), _as_input(X), chunk=self._chunk(), device=self.device
+            lambda x: ((self._reconstruct(x) - x) ** 2).flatten(1).sum(dim=1), as_float32(X), chunk=self._chunk(), device=self.device
         )
 
 
@@ -236,7 +243,7 @@ class VAEDetector(_TabularReconstruction):
 
     def encode(self, X) -> np.ndarray:
         """Latent means mu(x)."""
-        return predict_in_chunks(lambda x: self.module.encode(x)[0], _as_input(X), chunk=self._chunk(), device=self.device)
+        return predict_in_chunks(lambda x: self.module.encode(x)[0], as_float32(X), chunk=self._chunk(), device=self.device)
 
     def decode(self, Z) -> np.ndarray:
         return predict_in_chunks(self._decode, np.asarray(Z, dtype=np.float32), chunk=self._chunk(), device=self.device)
@@ -253,15 +260,7 @@ class VAEDetector(_TabularReconstruction):
         return (recon + self.beta * kl).mean()
 
     def fit(self, X, *, X_val=None) -> "VAEDetector":
-        X = _as_input(X)
-        generator = seed_everything(self.seed)
-        self.module = self._build_for(X)
-        self.history = train_loop(
-            self.module, self._loss, X,
-            X_val=None if X_val is None else _as_input(X_val),
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            patience=self.patience, generator=generator, desc=self.name, device=self.device, progress=self.progress,
-        )
+        X = self._train(X, X_val)
         mu = self.encode(X)
         self.module.latent_mean.copy_(torch.from_numpy(mu.mean(axis=0)))
         self.module.latent_var.copy_(torch.from_numpy(mu.var(axis=0) + 1e-6))
@@ -276,4 +275,4 @@ class VAEDetector(_TabularReconstruction):
         return score
 
     def score(self, X) -> np.ndarray:
-        return predict_in_chunks(self._score_tensor, _as_input(X), chunk=self._chunk(), device=self.device)
+        return predict_in_chunks(self._score_tensor, as_float32(X), chunk=self._chunk(), device=self.device)

@@ -4,7 +4,7 @@ An event carries the 41 KDD connection fields by name (``protocol_type``, ``serv
 ``flag`` as text, everything else as numbers), an ``event_id``, an ``event_time`` and the
 ``host`` it was seen on (the entity key of the adaptive thresholds). The bundle's schema one-hot
 encodes the three text fields with its training vocabulary; a service or flag the model never
-saw is encoded as ``<other>``, scored and counted (``unseen_categories`` in /metrics), never a
+saw is encoded as ``<other>``, scored and counted (``unseen_categories`` in /metrics.json), never a
 dead letter, because new services appear on real networks every day.
 
 An alert names the fields that look wrong: ``{"name": "dst_bytes", "value": 52340, "expected":

@@ -4,7 +4,7 @@ Number fields are float64 arrays, string fields lists, datetime fields lists of 
 entry per event. The worker validates a batch (``pipeline.validate_batch``) and turns the events into a
 table once (here, or in ``fast_decode``), so that featurization, keys, times and ids are read
 column-wise instead of attribute by attribute per event (the per-stage times of
-``python -m streamdetect.bench`` show the effect: ``featurize`` in benchmarks/results/stream.json).
+``python -m benchmarks.stream_bench`` show the effect: ``featurize`` in benchmarks/results/stream.json).
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ per channel of a multi-channel sensor); ``event_id`` is optional (default
 A single reading says little, so the model scores a **sliding window** of each sensor's last
 ``size`` readings. The windows live in the partition state (``feed_state``) that the worker
 checkpoints to the state topic, so a restarted or rebalanced worker resumes them. Each sensor is
-**normalised by its own statistics** (``offline.windows``): the per-sensor median and MAD the model
+**normalised by its own statistics** (``offline.features.windows``): the per-sensor median and MAD the model
 learnt with (stored in the bundle), or, for a sensor the model has never seen, running statistics
 kept in the state (its first ``warmup`` readings are then not scored); so sensors of any scale
 share one model, and a level that moves away from what the model learnt is visible until a
-retrained model (``retrain.py``) learns it.
+retrained model (``streamdetect.retrain``) learns it.
 
 The window's features are named by position, ``value[t-0]`` (the newest reading) to
 ``value[t-<size-1>]``, so an alert's ``top_features`` point at the deviating part of the window;
@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from offline.windows import MANIFEST_KEY, STATE_KEY, STATS_KEY, WindowConfig, fold_windows, stats_of_bundle, window_frame  # noqa: F401
+from offline.features.windows import MANIFEST_KEY, STATE_KEY, STATS_KEY, WindowConfig, fold_windows, stats_of_bundle, window_frame  # noqa: F401
 from streamdetect.feeds import EventTable, Feed
 
 MAX_CHANNELS = 16
@@ -78,7 +78,7 @@ class SensorEvent(BaseModel):
 def featurize_windows(
     events: Sequence[SensorEvent], feed_state: dict, config: WindowConfig, stats: dict | None = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The worker's featurization of a batch of one partition: ``offline.windows.fold_windows``."""
+    """The worker's featurization of a batch of one partition: ``offline.features.windows.fold_windows``."""
     return fold_windows([e.sensor_id for e in events], [e.values for e in events], feed_state, config, stats)
 
 

@@ -1,0 +1,1 @@
+"""Benchmark scripts kept with their results (``benchmarks/results``)."""

@@ -1,0 +1,313 @@
+"""Image anomaly detection: ``python -m offline.benchmark --suite images``.
+
+Models x datasets x classes x seeds under the protocols of DESIGN.md:
+
+- ``one-class``: train on the train split of one class (a tenth held out for calibration), test
+  on the whole test split, that class normal, the other nine anomalous;
+- ``leave-one-out``: one class anomalous, the other nine normal; train+test pooled, shuffled
+  (per seed), 80/20 split; trained on the normal rows of the 80% (a tenth held out), tested on the 20%;
+- ``imbalanced`` (``twodisc`` only, after Kim et al.): as one-class, but training also sees
+  labelled anomalous images from the train split, ``anomaly_fraction`` of the normal count
+  (a column); reported in its own table.
+
+``random`` (uniform scores) is the floor. Precision/recall/F1 use the label-free threshold
+``val-fpr-0.05`` (5% false alarms on the held-out normal images); one more row per run gives the
+oracle best-F1 threshold, named as such. Per-run wall time: ``train_seconds`` and ``score_seconds``.
+
+Options (``--option key=value``): ``datasets`` (list), ``classes`` (list), ``protocols`` (list),
+``epochs`` (int: overrides the preset; a run with fewer than the full recipe's 50 epochs is
+written with ``preset=reduced``, never ``full``), ``train_limit``/``test_limit`` (ints; also
+``reduced``), ``anomaly_fraction`` (float, default 0.05), ``threads`` (torch threads, default 1),
+``params`` (JSON object model -> hyperparameter overrides, e.g. ``{"anogan": {"search_steps": 20}}``).
+
+Each run's core is :func:`run_one`, a plain function.
+
+Cost of the ``full`` preset (50 epochs on the whole class, whole test split), extrapolated from
+the reduced runs on this machine (one torch thread, shared cores): a conv AE/VAE run is about
+7 minutes, a GAN-family run 15-20 minutes (AnoGAN's 100-step latent search over 10,000 test
+images adds about as much again); the one-class grid (8 models x 2 datasets x 10 classes x 3
+seeds = 480 runs) is therefore on the order of 100 CPU-hours, and leave-one-out trains on ~8x
+more images per run. The reduced runs committed so far are labelled ``preset=reduced`` with
+their ``epochs`` and ``train_rows``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from offline.data.images import ImageData, load_images
+from offline.metrics import oracle_best_f1_threshold, ranking_metrics, threshold_at_false_alarm_rate, thresholded_metrics
+from offline.training.images import (
+    CALIBRATION_FRACTION,
+    FALSE_ALARM_RATE,
+    FULL_EPOCHS,
+    QUICK_TEST_IMAGES,
+    EARLY_STOPPED,
+    QUICK_TRAIN_IMAGES,
+    OneClassSplit,
+    detector_params,
+    fit_detector,
+    one_class_split,
+)
+
+log = logging.getLogger("offline.evaluation.suites.images")
+
+MODELS = ["ae", "vae", "dcgan", "anogan", "egbad", "ganomaly", "fanogan", "twodisc", "random"]
+DATASETS = ["mnist", "fashion-mnist"]
+PROTOCOLS = ["one-class", "leave-one-out", "imbalanced"]
+LABEL_FREE_RULE = f"val-fpr-{FALSE_ALARM_RATE:g}"
+RULES = [LABEL_FREE_RULE, "oracle-best-f1"]
+EXTRA_COLUMNS = ["anomaly_fraction", "train_rows", "test_rows", "test_anomalies", "score_seconds", "threshold", "flagged"]
+COMMAND = "python -m offline.benchmark --suite images --seeds 0,1,2"
+DEFAULT_ANOMALY_FRACTION = 0.05
+
+
+def leave_one_out_split(data: ImageData, anomalous_class: int, *, seed: int, train_limit: int | None = None,
+                        test_limit: int | None = None) -> OneClassSplit:
+    x = np.concatenate([data.x_train, data.x_test])
+    y = np.concatenate([data.y_train, data.y_test])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    cut = int(0.8 * len(y))
+    train, test = order[:cut], order[cut:]
+    normal = train[y[train] != anomalous_class]
+    if train_limit:
+        normal = normal[: int(train_limit / (1 - CALIBRATION_FRACTION))]
+    n_cal = max(int(len(normal) * CALIBRATION_FRACTION), 1)
+    if test_limit and test_limit < len(test):
+        test = test[:test_limit]
+    others = tuple(c for c in range(len(data.class_names)) if c != anomalous_class)
+    return OneClassSplit(x[normal[n_cal:]], x[normal[:n_cal]], x[test], (y[test] == anomalous_class).astype(np.int64), others)
+
+
+def labelled_anomalies(data: ImageData, normal_class: int, n_normal: int, fraction: float, seed: int) -> np.ndarray:
+    """``fraction`` * ``n_normal`` anomalous images drawn from the *train* split's other classes."""
+    pool = np.flatnonzero(data.y_train != normal_class)
+    n = max(1, int(round(fraction * n_normal)))
+    return data.x_train[np.random.default_rng(seed + 7919).choice(pool, n, replace=False)]
+
+
+def is_reduced(preset: str, epochs: int | None, train_limit, test_limit) -> bool:
+    return preset == "full" and ((epochs is not None and epochs < FULL_EPOCHS) or bool(train_limit) or bool(test_limit))
+
+
+def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed: int, preset: str, *, epochs: int | None = None,
+            train_limit: int | None = None, test_limit: int | None = None, anomaly_fraction: float = DEFAULT_ANOMALY_FRACTION,
+            params: dict | None = None, progress: bool = False) -> tuple[list[dict], dict]:
+    """One run -> (CSV rows, one per threshold rule; artefacts: scores, labels, detector, split)."""
+    if preset == "quick":
+        train_limit, test_limit = train_limit or QUICK_TRAIN_IMAGES, test_limit or QUICK_TEST_IMAGES
+    if protocol == "leave-one-out":
+        split = leave_one_out_split(data, target_class, seed=seed, train_limit=train_limit, test_limit=test_limit)
+    else:
+        split = one_class_split(data, (target_class,), seed=seed, train_limit=train_limit, test_limit=test_limit)
+    fit_kwargs, fraction = {}, ""
+    if model in EARLY_STOPPED:
+        # "full" means trained: stop on the held-out normal images' loss (label-free), not at a fixed count
+        fit_kwargs["X_val"] = split.x_calibration
+    if protocol == "imbalanced":
+        if model != "twodisc":
+            raise ValueError("the imbalanced protocol is run for twodisc only")
+        fit_kwargs["X_anomalous"] = labelled_anomalies(data, target_class, len(split.x_train), anomaly_fraction, seed)
+        fraction = anomaly_fraction
+    detector = None
+    if model == "random":
+        start = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        calibration, scores = rng.random(len(split.x_calibration)), rng.random(len(split.x_test))
+        seconds, score_seconds, epochs_run = 0.0, time.perf_counter() - start, 0
+    else:
+        overrides = {"progress": progress, **({"epochs": epochs} if epochs is not None else {}), **(params or {})}
+        params = detector_params(model, preset, seed, overrides)
+        detector, seconds = fit_detector(model, params, split.x_train, **fit_kwargs)
+        start = time.perf_counter()
+        calibration, scores = detector.score(split.x_calibration), detector.score(split.x_test)
+        score_seconds = time.perf_counter() - start
+        history = getattr(detector, "history", [])
+        epochs_run = max((row.get("epoch", 0) for row in history if row.get("phase") in (None, "wgan-gp")), default=len(history))
+    ranking = ranking_metrics(scores, split.y_test)
+    thresholds = {LABEL_FREE_RULE: threshold_at_false_alarm_rate(calibration, FALSE_ALARM_RATE),
+                  "oracle-best-f1": oracle_best_f1_threshold(scores, split.y_test)}
+    label = "reduced" if is_reduced(preset, epochs, train_limit, test_limit) else preset
+    rows = []
+    for rule in RULES:
+        m = thresholded_metrics(scores, split.y_test, thresholds[rule])
+        rows.append({
+            "dataset": data.name, "protocol": protocol, "model": model, "target_class": str(target_class), "seed": seed,
+            **ranking, "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "threshold_rule": rule,
+            "epochs": epochs_run, "train_seconds": round(seconds, 2), "preset": label,
+            "anomaly_fraction": fraction, "train_rows": len(split.x_train), "test_rows": len(split.y_test),
+            "test_anomalies": int(split.y_test.sum()), "score_seconds": round(score_seconds, 2),
+            "threshold": m["threshold"], "flagged": m["flagged"],
+        })
+    return rows, {"scores": scores, "labels": split.y_test, "detector": detector, "split": split, "threshold": thresholds[LABEL_FREE_RULE]}
+
+
+def twodisc_figures(artefacts: dict, figures_dir: Path, *, dataset: str, protocol: str, target_class: int, suffix: str = "") -> list[Path]:
+    """Normal/anomalous inputs with reconstructions, and the confusion matrix at the label-free threshold."""
+    from sklearn.metrics import confusion_matrix
+
+    from offline.figures.images import save_confusion, save_grid
+
+    detector, split = artefacts["detector"], artefacts["split"]
+    normal = split.x_test[split.y_test == 0][:10]
+    anomalous = split.x_test[split.y_test == 1][:10]
+    grid = np.concatenate([normal, detector.expected(normal), anomalous, detector.expected(anomalous)])
+    stem = f"images-twodisc-{dataset}-{protocol}-class{target_class}{suffix}"
+    paths = [save_grid(grid, figures_dir / f"{stem}-reconstructions.png", ncol=10,
+                       title=f"twodisc {dataset} {protocol}, normal class {target_class}: normal / recon / anomalous / recon",
+                       row_labels=["normal", "recon", "anomalous", "recon"])]
+    predicted = (artefacts["scores"] > artefacts["threshold"]).astype(int)
+    matrix = confusion_matrix(artefacts["labels"], predicted, labels=[0, 1])
+    paths.append(save_confusion(matrix, figures_dir / f"{stem}-confusion.png",
+                                title=f"twodisc {dataset} {protocol} class {target_class}\nthreshold {LABEL_FREE_RULE}"))
+    return paths
+
+
+def _jobs(ctx_models, datasets, protocols, classes, seeds) -> list[tuple]:
+    models = [m for m in (ctx_models or MODELS)]
+    jobs = []
+    for dataset in datasets:
+        for protocol in protocols:
+            for model in models:
+                if protocol == "imbalanced" and model != "twodisc":
+                    continue
+                for target_class in classes:
+                    for seed in seeds:
+                        jobs.append((dataset, protocol, model, target_class, seed))
+    return jobs
+
+
+def run(ctx) -> None:
+    """Suite entry point for ``offline.evaluation.benchmark`` (``ctx``: its SuiteContext)."""
+    options = ctx.options
+    torch.set_num_threads(int(options.get("threads", 1)))
+    datasets = list(options.get("datasets", DATASETS))
+    protocols = list(options.get("protocols", ["one-class", "leave-one-out", "imbalanced"]))
+    classes = [int(c) for c in options.get("classes", range(10))]
+    epochs = options.get("epochs")
+    train_limit, test_limit = options.get("train_limit"), options.get("test_limit")
+    fraction = float(options.get("anomaly_fraction", DEFAULT_ANOMALY_FRACTION))
+    label = "reduced" if is_reduced(ctx.preset, epochs, train_limit, test_limit) else ctx.preset
+    jobs = _jobs(ctx.models, datasets, protocols, classes, ctx.seeds)
+    loaded: dict[str, ImageData] = {}
+    bar = tqdm(jobs, desc="images", unit="run")
+    for dataset, protocol, model, target_class, seed in bar:
+        identity = dict(dataset=dataset, protocol=protocol, model=model, target_class=str(target_class), seed=seed, preset=label)
+        if all(ctx.results.has(**identity, threshold_rule=rule) for rule in RULES):
+            continue
+        bar.set_postfix_str(f"{dataset} {protocol} {model} class {target_class} seed {seed}")
+        if dataset not in loaded:
+            loaded[dataset] = load_images(dataset, ctx.store)
+        rows, artefacts = run_one(loaded[dataset], protocol, model, target_class, seed, ctx.preset, epochs=epochs,
+                                  train_limit=train_limit, test_limit=test_limit, anomaly_fraction=fraction,
+                                  params=dict(options.get("params", {})).get(model))
+        for row in rows:
+            ctx.results.append(row)
+        log.info("images %s %s %s class %d seed %d: AUROC %.4f (train %.0fs, score %.0fs)", dataset, protocol, model, target_class,
+                 seed, rows[0]["auroc"], rows[0]["train_seconds"], rows[0]["score_seconds"])
+        if model == "twodisc" and seed == ctx.seeds[0] and target_class == classes[0]:
+            twodisc_figures(artefacts, ctx.figures_dir, dataset=dataset, protocol=protocol, target_class=target_class,
+                            suffix="" if label == "full" else f"-{label}")
+
+
+# -- tables ------------------------------------------------------------------------------------
+def _ms(values: pd.Series) -> str:
+    if len(values) > 1:
+        return f"{values.mean():.4f} ± {values.std(ddof=0):.4f}"
+    return f"{values.mean():.4f}"
+
+
+def _protocol_table(rows: pd.DataFrame, title: str) -> list[str]:
+    lines = [f"### {title}", ""]
+    if rows.empty:
+        return lines + ["No rows yet.", ""]
+    for preset, block in rows.groupby("preset", sort=True):
+        datasets = sorted(block["dataset"].unique())
+        lines += [f"Preset `{preset}`. Mean AUROC over the classes run (± std over seeds of the class-mean, where more than one "
+                  "seed); in brackets: classes run, training images per run, mean wall seconds per run (train + score). "
+                  "`epochs` as trained:", ""]
+        lines += ["| model | epochs | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
+        order = block.groupby("model")["auroc"].mean().sort_values(ascending=False).index
+        for model in order:
+            cells = []
+            for dataset in datasets:
+                g = block[(block["model"] == model) & (block["dataset"] == dataset)]
+                if g.empty:
+                    cells.append("")
+                    continue
+                per_seed = g.groupby("seed")["auroc"].mean()
+                wall = (g["train_seconds"] + g["score_seconds"].fillna(0)).mean()
+                cells.append(f"{_ms(per_seed)} ({g['target_class'].nunique()} cl., {int(g['train_rows'].median())} img, {wall:.0f}s)")
+            epochs = ", ".join(str(int(e)) for e in sorted(block[block["model"] == model]["epochs"].unique()))
+            lines.append(f"| {model} | {epochs} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for dataset in datasets:
+            d = block[block["dataset"] == dataset]
+            pivot = d.groupby(["model", "target_class"])["auroc"].mean().unstack()
+            pivot = pivot[sorted(pivot.columns, key=lambda c: int(c))]
+            lines += [f"Per class, {dataset} (AUROC, mean over seeds):", "",
+                      "| model | " + " | ".join(str(c) for c in pivot.columns) + " |", "|---|" + "---|" * len(pivot.columns)]
+            for model in order:
+                if model in pivot.index:
+                    lines.append(f"| {model} | " + " | ".join("" if pd.isna(v) else f"{v:.3f}" for v in pivot.loc[model]) + " |")
+            lines.append("")
+    return lines
+
+
+def tables(rows: pd.DataFrame) -> str:
+    rows = rows[rows["threshold_rule"] == LABEL_FREE_RULE].copy()
+    rows["target_class"] = rows["target_class"].astype(str).str.replace(r"\.0$", "", regex=True)
+    lines = [
+        "## Images: MNIST and Fashion-MNIST",
+        "",
+        f"Command: `{COMMAND}` (rows in `benchmarks/results/images.csv`; reduced runs add e.g. "
+        "`--option epochs=3 --option 'classes=[0,1]'` and are written with `preset=reduced`). "
+        "One-class: the target class is normal; leave-one-out: the target class is the anomaly. "
+        "`random` is the floor. The imbalanced protocol (twodisc with labelled anomalies) is reported apart.",
+        "",
+    ]
+    lines += _protocol_table(rows[rows["protocol"] == "one-class"], "One-class protocol")
+    lines += _protocol_table(rows[rows["protocol"] == "leave-one-out"], "Leave-one-out protocol")
+    imbalanced = rows[rows["protocol"] == "imbalanced"]
+    fractions = ", ".join(f"{f:g}" for f in sorted(imbalanced["anomaly_fraction"].dropna().unique())) if not imbalanced.empty else ""
+    lines += _protocol_table(imbalanced, "Imbalanced protocol (twodisc sees labelled anomalies"
+                             + (f", anomaly_fraction {fractions}" if fractions else "") + "; never mixed with the above)")
+    lines += ["Figures: `benchmarks/figures/images-twodisc-*` (reconstructions and confusion matrix at the label-free threshold)."]
+    return "\n".join(lines)
+
+
+def main() -> None:  # pragma: no cover - used until offline.evaluation.benchmark lists this suite
+    """Stand-alone runner with the same context as ``offline.evaluation.benchmark`` (``python -m offline.evaluation.suites.images``)."""
+    import json
+    import sys
+
+    from offline.evaluation.benchmark import FIGURES_DIR, RESULTS_DIR, ResultsFile, SuiteContext, regenerate_readme
+    from offline.data.settings import data_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    path = RESULTS_DIR / "images.csv"
+    ctx = SuiteContext(
+        suite="images", results=ResultsFile(path, EXTRA_COLUMNS),
+        store=data_store(),
+        preset=args.pop("preset", "full"), seeds=[int(s) for s in args.pop("seeds", "0").split(",")],
+        models=args.pop("models").split(",") if "models" in args else None, figures_dir=FIGURES_DIR,
+        options={k: json.loads(v) for k, v in args.items()},
+    )
+    run(ctx)
+    from offline.evaluation import benchmark
+
+    benchmark.SUITES.setdefault("images", "offline.evaluation.suites.images")
+    regenerate_readme("images", path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
