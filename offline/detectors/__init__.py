@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "ae": "offline.detectors.reconstruction:AutoencoderDetector",
     "vae": "offline.detectors.reconstruction:VAEDetector",
     "deepsvdd": "offline.detectors.deep_svdd:DeepSVDDDetector",
+    "copula": "offline.detectors.deep_svdd:CopulaDistanceDetector",
     "iforest": "offline.detectors.baselines:IsolationForestDetector",
     "hst": "offline.detectors.baselines:HalfSpaceTreesDetector",
     "ocsvm": "offline.detectors.ocsvm:OneClassSVMDetector",

@@ -6,6 +6,10 @@ collapsing onto the trivial constant map are kept here: no bias terms anywhere (
 output ``c`` for every input), and a centre that is fixed from a forward pass before training
 rather than learnt (``set_center``, with coordinates near zero pushed out to ``+-eps``). The
 module holds the centre as a buffer, so that loaded weights score exactly as the trained ones.
+
+``CopulaWhitening`` is a fixed input stage (fitted statistics, no trained weights): per-feature
+normal scores through each training marginal, then whitening. Its output's squared norm is a
+distance on its own (the ``copula`` detector); it can also feed the Deep SVDD network.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+
 
 class CopulaWhitening(nn.Module):
     """A fixed (fitted, never trained) input stage: the Gaussian copula of the training rows, whitened.
@@ -92,6 +97,18 @@ class CopulaWhitening(nn.Module):
             below, above = kz[:, 0].expand_as(x), kz[:, -1].expand_as(x)
         z = torch.where(x < kx[:, 0], below, torch.where(x > kx[:, -1], above, inside))
         return z.float()
+
+    def inverse_marginals(self, z: torch.Tensor) -> torch.Tensor:
+        """Feature values whose normal scores are ``z`` (inside the training range), ``(n, d)``."""
+        z = z.to(self.knots_z.dtype).clamp(self.knots_z[:, 0], self.knots_z[:, -1])
+        kx, kz = self.knots_x, self.knots_z
+        k = kx.shape[1]
+        position = torch.searchsorted(kz.contiguous(), z.T.contiguous()).T.clamp(1, k - 1)
+        columns = torch.arange(kx.shape[0], device=z.device).expand_as(position)
+        x0, x1 = kx[columns, position - 1], kx[columns, position]
+        z0, z1 = kz[columns, position - 1], kz[columns, position]
+        width = torch.where(z1 > z0, z1 - z0, torch.ones_like(z1))
+        return (x0 + (x1 - x0) * ((z - z0) / width).clamp(0, 1)).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.marginals(x) - self.mean) @ self.whitening.T

@@ -18,6 +18,7 @@ _QUICK: dict[str, dict] = {
     # rows only (images have their own presets in offline/training/images.py)
     "egbad": {"epochs": 2, "batch_size": 256},
     "ganomaly": {"epochs": 2, "batch_size": 256},
+    "deepsvdd": {"epochs": 2, "lr": 1e-3},
 }
 
 # Chosen on the training period only (train on normals of the first 45% of rows, judge on the
