@@ -43,6 +43,7 @@ from pathlib import Path
 
 import click
 
+from offline.bundle import file_sha256
 from streamdetect.kafka.broker import (
     BrokerError,
     free_port,
@@ -96,14 +97,6 @@ def _tail_file(path: Path, start: int = 0, lines: int = LOG_TAIL_LINES) -> str:
 
 
 # -- fetching and verifying the jars --------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_checksums(libs: Path) -> dict[str, str] | None:
     try:
         text = (libs / CHECKSUMS).read_text()
@@ -133,7 +126,7 @@ def verify_kafka(libs: Path, version: str) -> list[str]:
     problems += [f"{name} is missing" for name in sorted(set(sums) - present)]
     problems += [f"{name} is not in {CHECKSUMS}" for name in sorted(present - set(sums))]
     problems += [f"{name}: sha256 differs from {CHECKSUMS}" for name in sorted(present & set(sums))
-                 if _sha256(libs / name) != sums[name]]
+                 if file_sha256(libs / name) != sums[name]]
     return problems
 
 
@@ -206,12 +199,12 @@ def fetch_kafka(cache_dir: Path | None = None, *, pom: Path = KAFKA_POM) -> Path
                     if not (staging / name).is_file()] + _check_jars(staging)
         if recorded:  # the same jar names must have the same bytes as when first fetched
             problems += [f"{p.name}: sha256 differs from the {CHECKSUMS} recorded at the first fetch"
-                         for p in sorted(staging.glob("*.jar")) if p.name in recorded and _sha256(p) != recorded[p.name]]
+                         for p in sorted(staging.glob("*.jar")) if p.name in recorded and file_sha256(p) != recorded[p.name]]
         if problems:
             raise BrokerError(
                 f"the Kafka jars Maven fetched into {staging} are not usable: {'; '.join(problems)}. Delete the "
                 f"damaged files from Maven's local repository (~/.m2/repository) and {cache_dir}, then fetch again")
-        sums = "".join(f"{_sha256(p)}  {p.name}\n" for p in sorted(staging.glob("*.jar")))
+        sums = "".join(f"{file_sha256(p)}  {p.name}\n" for p in sorted(staging.glob("*.jar")))
         (staging / CHECKSUMS).write_text(sums)
         shutil.rmtree(libs, ignore_errors=True)
         staging.rename(libs)
