@@ -55,6 +55,7 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("copula", {}),
     ("copula", {"extrapolate": True}),
 ]
+SUMMARY = "# Summary (numbers copied from the lines above)"
 DETERMINISTIC = {"copula"}  # no seed changes these: one run per fold
 HEAVY = ["V28", "V23", "V8", "V21", "V20", "V27"]
 FRAUD_SIDE = ["V14", "V12", "V17", "V10", "V11"]
@@ -85,7 +86,7 @@ def run_candidates(data, seeds: list[int], cache: Path | None) -> dict:
                 ident = (key(model, params), fold, seed)
                 if ident in done:
                     continue
-                hyper = {**params, "seed": seed, "progress": False} if model != "copula" else dict(params)
+                hyper = {**params, "seed": seed, **({"progress": False} if model == "deepsvdd" else {})}
                 started = time.time()
                 fitted = fit_model(model, hyper, data.features.iloc[train], data.features.iloc[calibration],
                                    numeric=data.numeric, log_scale=data.log_scale)
@@ -247,7 +248,8 @@ def main(seeds, out, cache, diagnose, pyod_nets, threads):
     table, chosen = summarise(done)
     lines = [
         "# Credit-card deepsvdd / copula selection on the training period only (no test row chooses anything)",
-        f"# Command: python -m benchmarks.creditcard_deep_svdd_selection --seeds {seeds}" + (" --diagnose" if diagnose else ""),
+        f"# Command: python -m benchmarks.creditcard_deep_svdd_selection --seeds {seeds}" + (" --diagnose" if diagnose else "")
+        + (f" --pyod-nets {pyod_nets}" if pyod_nets else ""),
         "# Fold A: train on normals of rows 0-45% (latest 15% held out), judge rows 45-60%; "
         "fold B: train on normals of rows 0-30%, judge rows 30-45%. Mean ± std over seeds (copula: deterministic, one run).",
         "",
@@ -259,6 +261,9 @@ def main(seeds, out, cache, diagnose, pyod_nets, threads):
     if diagnose:
         lines += ["", "# Diagnosis: why a default Deep SVDD ranks frauds better than our reconstruction models", ""]
         lines += diagnose_text(data, pyod_nets)
+    summary = out.read_text().split(SUMMARY, 1)[1] if out.exists() and SUMMARY in out.read_text() else None
+    if summary is not None:  # the hand-written summary of the measurements is kept across reruns
+        lines += ["", SUMMARY + summary.rstrip("\n")]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))
