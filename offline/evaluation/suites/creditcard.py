@@ -102,7 +102,8 @@ def tables(rows: pd.DataFrame) -> str:
         "come from held-out normal rows only, `oracle-best-f1` looks at test labels and is shown only for reference. "
         f"Peers (`pyod-*`) are PyOD's detectors with PyOD's defaults on the same feature matrix, split and "
         f"threshold rules, from `{PEER_COMMAND}` (PyOD: the `peers` extra); `copula` and `deepsvdd` settings were "
-        "chosen on the training period only (`benchmarks/results/creditcard_deep_svdd_selection.txt`).",
+        "chosen on the training period only (`benchmarks/results/creditcard_deep_svdd_selection.txt`); `copula` "
+        "and `pyod-lof` have no randomness, so their seeds repeat one result.",
         "",
         "| model | kind | seeds | AUROC | AUPRC | rule | precision | recall | F1 |",
         "|---|---|---|---|---|---|---|---|---|",
