@@ -33,6 +33,14 @@ class Outputs:
     def accounted(self) -> int:
         return len(self.scores) + len(self.dead_letters)
 
+    def alerts_pending(self) -> int:
+        """Events whose scores record says ``alerted`` but whose alert has not been read yet.
+
+        Alerts and scores travel on different topics, so the last scores can arrive before the
+        last alerts; stopping on the scores alone would drop alerts the worker did publish."""
+        flagged = {event_id for event_id, s in self.scores.items() if s["alerted"]}
+        return len(flagged - {a["event_id"] for a in self.alerts})
+
 
 async def collect_outputs(
     bootstrap_kwargs: dict[str, Any],
@@ -69,7 +77,7 @@ async def collect_outputs(
                         else:
                             _add_scores(out, value, event_ids)
                 bar.update(out.accounted() - bar.n)
-                if out.accounted() >= expected:
+                if out.accounted() >= expected and not out.alerts_pending():
                     break
     finally:
         await consumer.stop()
