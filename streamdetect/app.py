@@ -2,8 +2,10 @@
 
 Wiring only (DESIGN.md, "The worker"): the feed topics are scored in batches by ``ScoreFeeds``,
 a service the worker hosts (``serving.scorer.BatchScorer``); Faust agents handle the low-volume
-``model-control`` topic; Faust's web server answers ``/health``, ``/ready``, ``/metrics`` (Prometheus
-text format) and ``/metrics.json`` (the same counts and more timings as JSON, for the demo and tests).
+``model-control`` and ``feedback`` topics (analysts' labels, kept in the changelog-backed ``labels``
+table); Faust's web server answers ``/health``, ``/ready``, ``/metrics`` (Prometheus text format),
+``/metrics.json`` (the same counts and more timings as JSON, for the demo and tests) and the review
+page (``/review``, ``streamdetect.review``).
 
 Importing this module does no I/O. When the worker starts, ``_connect`` resolves the broker: ``STREAMDETECT_KAFKA__BOOTSTRAP`` if set, else it starts (or
 reuses, when something already listens on ``kafka.embedded_port``) the embedded in-memory Tansu
@@ -21,8 +23,12 @@ import faust
 import orjson
 from mode import Service
 
+from streamdetect.feedback import FEED as FEEDBACK
+from streamdetect import review
+from streamdetect.feedback import new_label, read_feedback
 from streamdetect.kafka.broker import client_kwargs, ensure_topics, faust_broker_config, redacted
 from streamdetect.kafka.local import ResolvedBroker, resolve_bootstrap
+from streamdetect.pipeline import InputRecord
 from streamdetect.retrain.loop import Retrainer
 from streamdetect.retrain.policy import LOOP_ACTIONS
 from streamdetect.serving.metrics import Metrics
@@ -44,7 +50,9 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     topic_partitions=settings.topics.partitions,
     topic_replication_factor=settings.topics.replication_factor,
-    store="memory://",  # no Faust tables: per-key state lives in the batch scorer (checkpointed to the state topic)
+    # the one Faust table (``labels``) lives in memory and is rebuilt from its changelog topic on start;
+    # per-key scoring state lives in the batch scorer (checkpointed to the state topic)
+    store="memory://",
     datadir=str(settings.data.data_dir / "faust"),
     web_port=settings.web_port,
     web_host="127.0.0.1",
@@ -55,6 +63,11 @@ metrics = Metrics(settings.feeds)
 models = ModelHolder(settings.registry_dir, settings.feeds, metrics)
 metrics.versions = models.versions  # read at scrape time (``streamdetect_model_info``)
 control_topic = app.topic(settings.topics.model_control, value_serializer="raw")
+feedback_topic = app.topic(settings.topics.feedback, key_serializer="raw", value_serializer="raw")
+deadletter_topic = app.topic(settings.topics.deadletter, value_serializer="raw")
+#: event id -> the latest label ``{event_id, label, analyst, at}``; a kill -9 loses nothing: every
+#: write goes to the ``<app_id>-labels-changelog`` topic, which a starting worker reads back
+labels = app.Table("labels", default=None, partitions=settings.topics.partitions)
 
 
 class Connection:
@@ -75,7 +88,7 @@ def _connect(sender, **kwargs) -> None:
     atexit.register(broker.stop)  # only stops a broker this process started
     ensure_topics(broker.bootstrap, settings)
     connection.broker, connection.kafka_kwargs = broker, client_kwargs(settings, broker.bootstrap)
-    connection.retrainer = Retrainer(settings, connection.kafka_kwargs, _publish_control)
+    connection.retrainer = Retrainer(settings, connection.kafka_kwargs, _publish_control, labels=lambda: dict(labels.items()))
     log.info("kafka client config: %s", redacted({k: v for k, v in connection.kafka_kwargs.items() if k != "ssl_context"}))
     (settings.data.data_dir / "faust").parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
 
@@ -158,8 +171,36 @@ async def retrain(messages):
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:
             continue  # apply_control logs it
-        if isinstance(message, dict) and message.get("action") in ("drift", "retrain"):
+        if isinstance(message, dict) and message.get("action") in ("drift", "retrain", "learn"):
             log.info("model-control: %s", connection.retrainer.trigger(message))
+
+
+class LabelCount:
+    """Labels accepted since the last label-learning run was requested."""
+
+    new = 0
+
+
+@app.agent(feedback_topic)
+async def take_feedback(stream):
+    """``feedback`` -> the ``labels`` table (bad records -> ``deadletter``, with a reason); every
+    ``labels.learn_every`` new labels ask the retrain loop to learn a second stage for each feed."""
+    async for event in stream.events():
+        message = event.message
+        record = InputRecord(message.topic, message.partition, message.offset, event.value, message.key,
+                             int(message.timestamp * 1000) if message.timestamp else None)
+        label, letter = read_feedback(record, max_event_bytes=settings.scoring.max_event_bytes)
+        if letter is not None:
+            await deadletter_topic.send(value=orjson.dumps(letter))
+            metrics.observe_published(FEEDBACK, 0, {letter["reason"]: 1})
+            continue
+        labels[label["event_id"]] = label
+        metrics.observe_label(label["label"])
+        LabelCount.new += 1
+        if settings.labels.learn_every and LabelCount.new >= settings.labels.learn_every:
+            LabelCount.new = 0
+            for feed in settings.feeds:
+                await _publish_control({"action": "learn", "feed": feed, "labels": len(labels)})
 
 
 def _status() -> dict:
@@ -221,6 +262,40 @@ async def metrics_view(web, request):
     body, content_type = metrics.render()
     # the content type goes in the headers: aiohttp refuses a ``content_type`` argument that names a charset
     return web.bytes(body, headers={"Content-Type": content_type})
+
+
+@app.page("/review")
+async def review_page(web, request):
+    """The analysts' review page: the live alert queue, a label button per alert."""
+    return web.html(review.PAGE)
+
+
+@app.page("/review/alerts.json")
+async def review_alerts(web, request):
+    """The latest alerts (newest first) with their labels so far."""
+    scorer = ScoreFeeds.instance
+    recent = list(scorer.recent_alerts) if scorer is not None else []
+    return web.json(review.queue(recent, labels))
+
+
+@app.page("/review/labels.json")
+async def review_labels(web, request):
+    """Every label this worker's ``labels`` table holds: ``{event_id: {event_id, label, analyst, at}}``."""
+    return web.json(dict(labels.items()))
+
+
+@app.page("/review/label")
+class ReviewLabel(faust.web.View):
+    """``POST {event_id, label: confirmed|false_alarm, analyst}`` -> a ``feedback`` record."""
+
+    async def post(self, request):
+        try:
+            body = await request.json()
+            record = new_label(body["event_id"], body["label"], body.get("analyst") or "review-page")
+        except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            return self.json({"error": f"{type(exc).__name__}: {exc}"}, status=400)
+        await feedback_topic.send(key=orjson.loads(record)["event_id"].encode(), value=record)
+        return self.json({"sent": orjson.loads(record)}, status=202)
 
 
 @app.page("/metrics.json")

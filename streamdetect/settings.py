@@ -88,6 +88,17 @@ class RetrainSettings(BaseModel):
     auto_promote: bool = Field(True, description="promote a candidate that wins the shadow comparison")
 
 
+class LabelSettings(BaseModel):
+    """Analysts' labels (``feedback`` topic) and the second-stage scorer learnt from them."""
+
+    learn_every: int = Field(10, ge=0, description="new labels that start a label-learning run of every served feed (0 = only on a {action: learn} control message)")
+    min_labels: int = Field(10, ge=2, description="labelled alerts of a feed below which no second stage is learnt")
+    min_per_class: int = Field(3, ge=1, description="confirmed and false-alarm labels each need at least this many")
+    regularization: float = Field(1.0, gt=0, description="inverse L2 strength C of the second stage's logistic regression")
+    calibration_events: int = Field(4000, ge=100, description="latest scored, unalerted events whose combined scores calibrate the second stage")
+    recent_alerts: int = Field(500, ge=1, description="alerts the review page keeps in memory")
+
+
 class Settings(OfflineSettings):
     """The worker's settings: offline's (``data``, ``registry_dir``) plus Kafka, topics, scoring, drift, retraining."""
 
@@ -98,6 +109,7 @@ class Settings(OfflineSettings):
     scoring: ScoringSettings = ScoringSettings()
     drift: DriftSettings = DriftSettings()
     retrain: RetrainSettings = RetrainSettings()
+    labels: LabelSettings = LabelSettings()
     feeds: list[str] = Field(["transactions"], description="feeds this worker scores")
     app_id: str = Field("streamdetect", description="Faust app id (prefix of its internal topics)")
     web_port: int = Field(6066, description="Faust web server (health, metrics)")

@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "vae": "offline.detectors.reconstruction:VAEDetector",
     "deepsvdd": "offline.detectors.deep_svdd:DeepSVDDDetector",
     "copula": "offline.detectors.deep_svdd:CopulaDistanceDetector",
+    "labelled": "offline.detectors.labelled:LabelledStageDetector",
     "iforest": "offline.detectors.baselines:IsolationForestDetector",
     "hst": "offline.detectors.baselines:HalfSpaceTreesDetector",
     "ocsvm": "offline.detectors.ocsvm:OneClassSVMDetector",

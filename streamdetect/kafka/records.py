@@ -68,6 +68,15 @@ class ScoresRecord(_Record):
     produced_at: float  # unix seconds
 
 
+class Feedback(_Record):
+    """An analyst's verdict on an alerted event; key of the Kafka record: the event id."""
+
+    event_id: str = Field(min_length=1, max_length=200)
+    label: Literal["confirmed", "false_alarm"]
+    analyst: str = Field(min_length=1, max_length=200)
+    at: dt.datetime  # when the analyst labelled it
+
+
 class DeadLetter(_Record):
     """An input record that could not be scored, with the bytes to replay it after a fix."""
 

@@ -3,6 +3,7 @@ comparison with the model in service, featurized and scored as the worker does."
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ def train_candidate(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from offline import bundle as bundles
+    from offline.detectors import detector_class
     from offline.training.train import fit_model
 
     started = time.perf_counter()
@@ -63,8 +65,13 @@ def train_candidate(job: dict) -> dict:
         raise ValueError(f"only {len(frame)} usable rows after dropping alerted/confirmed events (< {job['min_train_rows']})")
     cut = int(len(frame) * (1 - job["calibration_fraction"]))
     schema = current.schema
-    params = {**current.manifest["model"]["params"], **job.get("params", {}), "progress": False}
-    fitted = fit_model(current.model_name, params, frame.iloc[:cut], frame.iloc[cut:],
+    model, params = current.model_name, current.manifest["model"]["params"]
+    if model == "labelled":  # a drift retrain refits the unsupervised part; labels teach a new stage later
+        model, params = params["base_model"], params["base_params"]
+    params = {**params, **job.get("params", {})}
+    if "progress" in inspect.signature(detector_class(model).__init__).parameters:  # deep models: no bars in the worker's log
+        params["progress"] = False
+    fitted = fit_model(model, params, frame.iloc[:cut], frame.iloc[cut:],
                        numeric=schema.numeric, categorical=schema.categorical, log_scale=schema.log_scale)
     directory = bundles.next_version_dir(Path(job["registry"]), job["feed"])
     bundles.save_bundle(

@@ -117,8 +117,10 @@ async def committed_offsets(bootstrap_kwargs: dict, topic: str, group: str, part
 class Retrainer:
     """The retrain loop of one worker. ``publish(message)`` sends a ``model-control`` message."""
 
-    def __init__(self, settings, bootstrap_kwargs: dict, publish: Callable[[dict], Awaitable[None]]):
+    def __init__(self, settings, bootstrap_kwargs: dict, publish: Callable[[dict], Awaitable[None]],
+                 labels: Callable[[], dict[str, dict]] = dict):
         self.settings, self.kafka, self.publish = settings, bootstrap_kwargs, publish
+        self.labels = labels  # event id -> the analysts' latest label (the app's ``labels`` table)
         self.running: dict[str, asyncio.Task] = {}
         self.last_started: dict[str, float] = {}
         self.history: deque[dict] = deque(maxlen=100)
@@ -150,11 +152,17 @@ class Retrainer:
             await asyncio.sleep(1.0)
 
     def trigger(self, message: dict) -> str:
-        """A ``drift`` or ``retrain`` message: start a retrain for its feed unless one runs or cooled down."""
+        """A ``drift``, ``retrain`` or ``learn`` message: start a retrain (or label learning) for its feed
+        unless one runs or, for drift, one started within the cooldown."""
         feed = message.get("feed")
         config = self.settings.retrain
         if feed not in self.settings.feeds:
             return f"retrain: feed {feed!r} not served here"
+        if message.get("action") == "learn":
+            if feed in self.running and not self.running[feed].done():
+                return f"learn: {feed} is retraining; the labels wait for the next request"
+            self.running[feed] = asyncio.ensure_future(self.learn(feed))
+            return f"learn: started for {feed}"
         if not config.enabled and message.get("action") == "drift":
             return f"retrain: drift on {feed} noted; automatic retraining is off"
         if feed in self.running and not self.running[feed].done():
@@ -233,6 +241,58 @@ class Retrainer:
         except Exception as exc:  # the loop must never take the worker down
             log.exception("retrain of %s failed", feed)
             await self._step({"action": "retrain_failed", "feed": feed, "error": f"{type(exc).__name__}: {exc}"[:1000]})
+            return None
+
+
+    async def learn(self, feed: str) -> dict | None:
+        """Labels -> second-stage candidate -> check -> promote or reject (``retrain/labels.py``)."""
+        from offline import bundle as bundles
+        from streamdetect.feeds import get_feed
+        from streamdetect.retrain.labels import train_label_stage
+
+        settings, config = self.settings, self.settings.labels
+        registry = Path(settings.registry_dir)
+        try:
+            current_version = bundles.current_version(registry, feed)
+            labels = self.labels()
+            alerts = [orjson.loads(r.value) for r in await read_all(self.kafka, settings.topics.alerts) if r.value]
+            alerted = {a["event_id"]: a["event"] for a in alerts if a.get("feed") == feed}
+            labelled = [{"event": alerted[i], "label": labels[i]["label"]} for i in sorted(labels) if i in alerted]
+            confirmed = sum(item["label"] == "confirmed" for item in labelled)
+            counts = {"labels": len(labelled), "confirmed": confirmed, "false_alarm": len(labelled) - confirmed}
+            if len(labelled) < config.min_labels or min(confirmed, len(labelled) - confirmed) < config.min_per_class:
+                await self._step({"action": "learn_skipped", "feed": feed, "model_version": current_version, **counts,
+                                  "reason": f"needs {config.min_labels} labelled alerts with {config.min_per_class} of each label"})
+                return None
+            await self._step({"action": "learn_started", "feed": feed, "model_version": current_version, **counts})
+            topic = get_feed(feed).topic(settings)
+            now = await committed_offsets(self.kafka, topic, settings.kafka.consumer_group, settings.topics.partitions)
+            span = max(1, config.calibration_events // settings.topics.partitions)
+            records = await read_range(self.kafka, topic, {p: (max(0, e - span), e) for p, e in now.items()}, timeout=60)
+            normal_ids = set(alerted) | {i for i, v in labels.items() if v["label"] == "confirmed"}
+            normals = [e for e in _decode_valid(records, feed) if e.get("event_id") not in normal_ids]
+            job_dir = Path(settings.data.data_dir) / "retrain" / feed
+            job_dir.mkdir(parents=True, exist_ok=True)
+            stamp = int(time.time() * 1000)
+            labelled_path, normals_path = job_dir / f"labelled-{stamp}.jsonl", job_dir / f"normals-{stamp}.jsonl"
+            labelled_path.write_bytes(b"\n".join(orjson.dumps(item) for item in labelled))
+            normals_path.write_bytes(b"\n".join(orjson.dumps(e) for e in normals))
+            job = {"feed": feed, "registry": str(registry), "current_bundle": str(bundles.feed_dir(registry, feed) / current_version),
+                   "labelled_path": str(labelled_path), "normals_path": str(normals_path),
+                   "regularization": config.regularization, "target_rate": settings.scoring.target_false_alarm_rate}
+            loop = asyncio.get_running_loop()
+            summary = await asyncio.wait_for(loop.run_in_executor(self.pool(), train_label_stage, job), settings.retrain.timeout_s)
+            decision = summary["decision"]
+            await self._step({"action": "shadow_result", "feed": feed, "candidate": summary["version"], "stage": "labels",
+                              "promote": decision["promote"], "reason": decision["reason"], "summary": summary})
+            if decision["promote"] and settings.retrain.auto_promote:
+                await self._step({"action": "promote", "feed": feed, "version": summary["version"], "reason": decision["reason"]})
+            else:
+                await self._step({"action": "candidate_rejected", "feed": feed, "version": summary["version"], "reason": decision["reason"]})
+            return summary
+        except Exception as exc:  # the loop must never take the worker down
+            log.exception("label learning for %s failed", feed)
+            await self._step({"action": "learn_failed", "feed": feed, "error": f"{type(exc).__name__}: {exc}"[:1000]})
             return None
 
 

@@ -12,7 +12,8 @@ import orjson
 
 #: model-control actions that describe the retrain loop (``apply_control`` ignores them)
 LOOP_ACTIONS = frozenset({"drift", "retrain", "retrain_started", "retrain_failed", "retrain_skipped", "candidate_trained",
-                          "shadow_started", "shadow_result", "candidate_rejected"})
+                          "shadow_started", "shadow_result", "candidate_rejected",
+                          "learn", "learn_started", "learn_skipped", "learn_failed"})
 
 
 @dataclass

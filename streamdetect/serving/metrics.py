@@ -15,6 +15,8 @@ Prometheus metrics (label ``feed`` is the feed's name, e.g. ``transactions``, no
 - ``streamdetect_events_scored_total{feed}``: events scored (the events "out")
 - ``streamdetect_alerts_total{feed}``: alerts published
 - ``streamdetect_dead_letters_total{feed,reason}``: events sent to the dead-letter topic, by reason code
+  (``feed="feedback"``: analysts' label records that were refused)
+- ``streamdetect_labels_total{label}``: analysts' labels accepted (``confirmed``, ``false_alarm``)
 - ``streamdetect_batch_latency_seconds{feed}``: histogram of the time to score one feed's batch
   (``pipeline.process_batch``: decode, validate, featurize, score, thresholds, outputs), 1 ms - 5 s
 - ``streamdetect_batch_oldest_event_age_seconds{feed}``: histogram of the age of each batch's oldest
@@ -114,6 +116,8 @@ class Metrics:
         self.events_in = Counter("streamdetect_events_in", "Events consumed from the feed's topic", ["feed"], registry=r)
         self.events_scored = Counter("streamdetect_events_scored", "Events scored", ["feed"], registry=r)
         self.alerts_published = Counter("streamdetect_alerts", "Alerts published", ["feed"], registry=r)
+        self.labels_taken = Counter("streamdetect_labels", "Analyst labels accepted from the feedback topic", ["label"], registry=r)
+        self.labels_by_kind: dict[str, int] = {}
         self.dead_lettered = Counter("streamdetect_dead_letters", "Events sent to the dead-letter topic, by reason",
                                      ["feed", "reason"], registry=r)
         self.batch_latency = Histogram("streamdetect_batch_latency_seconds", "Time to score one batch of a feed",
@@ -155,6 +159,11 @@ class Metrics:
             self.dead_letters[reason] += count
             self.dead_lettered.labels(feed=feed, reason=reason).inc(count)
 
+    def observe_label(self, label: str) -> None:
+        """An analyst's label was accepted (``feedback`` topic)."""
+        self.labels_by_kind[label] = self.labels_by_kind.get(label, 0) + 1
+        self.labels_taken.labels(label=label).inc()
+
     def observe_control(self, feed: str, action: str) -> None:
         """A promote or rollback control message was applied."""
         if action == "promote":
@@ -175,7 +184,7 @@ class Metrics:
             "last_batch_latency_ms": round(self.last_batch_latency_ms, 1),
             "last_batch_seconds": round(self.last_batch_seconds, 4), "busy_seconds": round(self.busy_seconds, 3),
             "commit_failures": self.commit_failures, "caught_up": self.caught_up,
-            "unseen_categories": self.unseen_categories,
+            "unseen_categories": self.unseen_categories, "labels": dict(self.labels_by_kind),
             "stage_seconds": {name: round(seconds, 4) for name, seconds in self.stage_seconds.items()},
             "loop_lag_ms_last_30s": {q: round(float(np.percentile(self.loop_lag_ms, p)), 2)
                                      for q, p in (("p50", 50), ("p99", 99), ("max", 100))} if self.loop_lag_ms else None,

@@ -10,6 +10,7 @@ every output of the batch is acknowledged (at-least-once, ``offsets.OffsetLedger
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import gc
 import logging
 import time
@@ -68,6 +69,7 @@ class BatchScorer(Service):
         self.catch_up: dict[TopicPartition, CatchUp] = {}
         self.assignments = 0  # completed ``on_assigned`` calls: a batch fetched across one is fetched again
         self.prepared: set[TopicPartition] = set()  # assigned partitions whose state ``on_assigned`` has set up
+        self.recent_alerts: deque[bytes] = deque(maxlen=settings.labels.recent_alerts)  # the review page's queue
 
     def new_state(self) -> PartitionState:
         scoring = self.settings.scoring
@@ -275,6 +277,7 @@ class BatchScorer(Service):
         futures += [await send(topics.scores, value, key=key) for key, value in output.scores]
         futures += [await send(topics.deadletter, value) for value in output.dead_letters]
         self.metrics.observe_published(feed.name, len(output.alerts), output.dead_by_reason)
+        self.recent_alerts.extend(value for _, value in output.alerts)
         self.metrics.stage_seconds["publish"] += time.perf_counter() - publishing
         return futures
 
