@@ -1,7 +1,9 @@
 """Model bundles: the only thing that crosses from the offline half to the worker.
 
-A bundle is a directory holding ``model.safetensors`` (tensors only: loading can never run code)
-and ``manifest.json`` (model name and hyperparameters, feature schema, score definition,
+A bundle is a directory holding ``model.safetensors`` (tensors only: loading can never run code),
+optionally ``calibration_rows.safetensors`` (the featurized held-out normal rows behind the
+calibration scores, which a second stage learnt from analysts' labels is calibrated on; read only
+then, by ``load_calibration_rows``) and ``manifest.json`` (model name and hyperparameters, feature schema, score definition,
 calibration scores of held-out normal rows, training-data fingerprint, offline metrics,
 creation time, code version and the sha256 of the weights file). ``load_bundle`` verifies the
 hash and the manifest and refuses, with a message naming file and problem, anything that does
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -32,6 +35,7 @@ from offline.features.schema import FeatureSchema
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+CALIBRATION_ROWS = "calibration_rows.safetensors"
 MANIFEST = "manifest.json"
 POINTER = "pointer.json"
 MAX_CALIBRATION_SCORES = 20_000
@@ -105,12 +109,21 @@ def save_bundle(
     training_fingerprint: str,
     metrics: dict | None = None,
     extra: dict | None = None,
+    calibration_rows: np.ndarray | None = None,
 ) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = detector.state_tensors()
     weights = directory / WEIGHTS
     save_file(tensors, str(weights))
+    rows_entry = {}
+    if calibration_rows is not None:
+        rows = np.ascontiguousarray(calibration_rows, dtype=np.float32)
+        if len(rows) > MAX_CALIBRATION_SCORES:  # a fixed, evenly spread subset
+            rows = rows[np.linspace(0, len(rows) - 1, MAX_CALIBRATION_SCORES).round().astype(int)]
+        save_file({"X": torch.from_numpy(rows)}, str(directory / CALIBRATION_ROWS))
+        rows_entry = {"calibration_rows": {"file": CALIBRATION_ROWS, "rows": len(rows),
+                                           "sha256": file_sha256(directory / CALIBRATION_ROWS)}}
     calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64))
     if len(calibration) > MAX_CALIBRATION_SCORES:  # keep evenly spaced order statistics
         calibration = calibration[np.linspace(0, len(calibration) - 1, MAX_CALIBRATION_SCORES).round().astype(int)]
@@ -128,6 +141,7 @@ def save_bundle(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "weights_sha256": file_sha256(weights),
+        **rows_entry,
         **({"extra": _jsonable(extra)} if extra else {}),
     }
     tmp = directory / (MANIFEST + ".tmp")
@@ -169,6 +183,24 @@ def load_bundle(directory: Path) -> Bundle:
     except (SafetensorError, KeyError, RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
         raise BundleError(f"{weights}: cannot build model {name!r} from it ({exc})") from exc
     return Bundle(path=directory, manifest=manifest, detector=detector, schema=schema, calibration_scores=calibration)
+
+
+def load_calibration_rows(bundle: Bundle) -> np.ndarray | None:
+    """The bundle's featurized calibration rows (None when it has none), verified by sha256."""
+    entry = bundle.manifest.get("calibration_rows")
+    if not entry:
+        return None
+    path = bundle.path / entry["file"]
+    if not path.exists() or file_sha256(path) != entry["sha256"]:
+        raise BundleError(f"{path}: missing or its sha256 does not match the manifest's calibration_rows entry; "
+                          "retrain or restore this bundle")
+    try:
+        rows = load_file(str(path))["X"].numpy()
+    except (SafetensorError, KeyError) as exc:
+        raise BundleError(f"{path}: unreadable calibration rows ({exc})") from exc
+    if rows.ndim != 2 or rows.shape[1] != bundle.schema.n_features:
+        raise BundleError(f"{path}: calibration rows of shape {rows.shape}, the schema has {bundle.schema.n_features} features")
+    return rows
 
 
 # -- the registry --------------------------------------------------------------------------

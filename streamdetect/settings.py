@@ -95,7 +95,7 @@ class LabelSettings(BaseModel):
     min_labels: int = Field(10, ge=2, description="labelled alerts of a feed below which no second stage is learnt")
     min_per_class: int = Field(3, ge=1, description="confirmed and false-alarm labels each need at least this many")
     regularization: float = Field(1.0, gt=0, description="inverse L2 strength C of the second stage's logistic regression")
-    calibration_events: int = Field(4000, ge=100, description="latest scored, unalerted events whose combined scores calibrate the second stage")
+    calibration_events: int = Field(20000, ge=100, description="latest scored, unalerted events whose combined scores calibrate the second stage")
     recent_alerts: int = Field(500, ge=1, description="alerts the review page keeps in memory")
 
 

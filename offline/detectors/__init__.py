@@ -40,4 +40,11 @@ def make_detector(name: str, **params) -> Detector:
     return detector_class(name)(**params)
 
 
-__all__ = ["Detector", "REGISTRY", "detector_class", "make_detector"]
+def keyword_params(name: str) -> set[str]:
+    """The hyperparameters a model takes (its keyword-only constructor arguments)."""
+    import inspect
+
+    return {p.name for p in inspect.signature(detector_class(name).__init__).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+
+__all__ = ["Detector", "REGISTRY", "detector_class", "keyword_params", "make_detector"]

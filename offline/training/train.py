@@ -21,7 +21,7 @@ import pandas as pd
 
 from offline import bundle as bundles
 from offline.data import DataStore, TabularData, load_tabular, TABULAR_LOADERS
-from offline.detectors import REGISTRY, Detector, make_detector
+from offline.detectors import REGISTRY, Detector, keyword_params, make_detector
 from offline.metrics import (
     oracle_best_f1_threshold,
     ranking_metrics,
@@ -54,6 +54,7 @@ class FittedModel:
     calibration_scores: np.ndarray
     training_fingerprint: str
     train_seconds: float
+    calibration_rows: np.ndarray | None = None  # the featurized held-out normals behind calibration_scores
 
 
 def fit_model(
@@ -76,7 +77,7 @@ def fit_model(
     started = time.perf_counter()
     detector = make_detector(model, **params).fit(X_train, X_val=X_cal)
     train_seconds = time.perf_counter() - started
-    return FittedModel(detector, schema, detector.score(X_cal), bundles.array_fingerprint(X_train), train_seconds)
+    return FittedModel(detector, schema, detector.score(X_cal), bundles.array_fingerprint(X_train), train_seconds, X_cal)
 
 
 def evaluate(fitted: FittedModel, frame: pd.DataFrame, labels: np.ndarray, *, target_rates: Sequence[float]) -> dict:
@@ -121,7 +122,7 @@ def train_tabular(
     data = load_tabular(dataset, store)
     split = split_dataset(data, preset, seed)
     hyper = {**preset_params(model, dataset, preset), "seed": seed, **(params or {})}
-    if "progress" in _keyword_params(model):
+    if "progress" in keyword_params(model):
         hyper.setdefault("progress", progress)
     log.info("%s: %s", dataset, split.description)
     fitted = fit_model(
@@ -138,7 +139,7 @@ def train_tabular(
     bundles.save_bundle(
         directory,
         detector=fitted.detector, schema=fitted.schema, calibration_scores=fitted.calibration_scores,
-        feed=feed, dataset=dataset,
+        calibration_rows=fitted.calibration_rows, feed=feed, dataset=dataset,
         score_definition=_score_definition(fitted.detector),
         training_fingerprint=fitted.training_fingerprint,
         metrics=report,
@@ -148,13 +149,6 @@ def train_tabular(
         bundles.promote(registry, feed, directory.name)
     return directory, report
 
-
-def _keyword_params(model: str) -> set[str]:
-    import inspect
-
-    from offline.detectors import detector_class
-
-    return {p.name for p in inspect.signature(detector_class(model).__init__).parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
 def _score_definition(detector: Detector) -> str:

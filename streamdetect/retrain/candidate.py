@@ -3,7 +3,6 @@ comparison with the model in service, featurized and scored as the worker does."
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ def train_candidate(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from offline import bundle as bundles
-    from offline.detectors import detector_class
+    from offline.detectors import keyword_params
     from offline.training.train import fit_model
 
     started = time.perf_counter()
@@ -69,14 +68,14 @@ def train_candidate(job: dict) -> dict:
     if model == "labelled":  # a drift retrain refits the unsupervised part; labels teach a new stage later
         model, params = params["base_model"], params["base_params"]
     params = {**params, **job.get("params", {})}
-    if "progress" in inspect.signature(detector_class(model).__init__).parameters:  # deep models: no bars in the worker's log
+    if "progress" in keyword_params(model):  # deep models: no bars in the worker's log
         params["progress"] = False
     fitted = fit_model(model, params, frame.iloc[:cut], frame.iloc[cut:],
                        numeric=schema.numeric, categorical=schema.categorical, log_scale=schema.log_scale)
     directory = bundles.next_version_dir(Path(job["registry"]), job["feed"])
     bundles.save_bundle(
         directory, detector=fitted.detector, schema=fitted.schema, calibration_scores=fitted.calibration_scores,
-        feed=job["feed"], dataset=f"{job['feed']}:recent-events",
+        calibration_rows=fitted.calibration_rows, feed=job["feed"], dataset=f"{job['feed']}:recent-events",
         score_definition=current.manifest["score"]["definition"], training_fingerprint=fitted.training_fingerprint,
         metrics={"train_rows": cut, "calibration_rows": len(frame) - cut, "events_read": len(events),
                  "dropped": int((~keep).sum()), "trigger": job.get("trigger")},

@@ -10,6 +10,12 @@ configured cooldown. Every step is a ``model-control`` message and a log line:
 new bundle without a restart) or ``candidate_rejected``. ``{"action": "rollback", "feed": ...}``
 returns to the previous version (``offline.bundle.rollback``).
 
+``{"action": "learn", "feed": ...}`` (sent by the feedback agent every ``labels.learn_every`` new
+labels, or by hand) learns a second stage from the analysts' labels instead (``Retrainer.learn``,
+``retrain/labels.py``): ``learn_started`` (or ``learn_skipped``: too few labels) -> ``shadow_result``
+-> ``promote`` or ``candidate_rejected`` (or ``learn_failed``). The drift retrain below refits the
+unsupervised part of a labelled bundle; the next labels teach a new stage on top of it.
+
 1. **Training data**: after a drift, the first ``window_events`` events scored after the drift
    point (the retrainer waits for them; a manual ``retrain`` takes the latest ``window_events``
    scored), read back from the feed topic between the scorer group's committed offsets, minus every event that

@@ -88,10 +88,10 @@ def available_models(models: list[str]) -> list[str]:
 
 
 def model_params(model: str, dataset: str, preset: str, seed: int) -> dict:
-    from offline.training.train import _keyword_params
+    from offline.detectors import keyword_params
 
     params = {**preset_params(model, dataset, preset), "seed": seed}
-    if "progress" in _keyword_params(model):
+    if "progress" in keyword_params(model):
         params.setdefault("progress", False)  # the suite's own bar shows progress; nested bars only clutter logs
     return params
 
