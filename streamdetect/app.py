@@ -25,7 +25,7 @@ from mode import Service
 
 from streamdetect.feedback import FEED as FEEDBACK
 from streamdetect import review
-from streamdetect.feedback import new_label, read_feedback
+from streamdetect.feedback import false_alarm_patterns, new_label, read_feedback, with_pattern
 from streamdetect.kafka.broker import client_kwargs, ensure_topics, faust_broker_config, redacted
 from streamdetect.kafka.local import ResolvedBroker, resolve_bootstrap
 from streamdetect.pipeline import InputRecord
@@ -175,6 +175,18 @@ async def retrain(messages):
             log.info("model-control: %s", connection.retrainer.trigger(message))
 
 
+def _refresh_false_alarms() -> None:
+    """The scorer's false-alarm patterns, from the labels table (so a restarted worker has them too)."""
+    if ScoreFeeds.instance is not None:
+        ScoreFeeds.instance.false_alarms = false_alarm_patterns(labels.values())
+
+
+@app.timer(5.0)
+async def _false_alarms_after_recovery() -> None:
+    """The table is rebuilt from its changelog after the agents start: pick its patterns up."""
+    _refresh_false_alarms()
+
+
 class LabelCount:
     """Labels accepted since the last label-learning run was requested."""
 
@@ -194,7 +206,11 @@ async def take_feedback(stream):
             await deadletter_topic.send(value=orjson.dumps(letter))
             metrics.observe_published(FEEDBACK, 0, {letter["reason"]: 1})
             continue
+        scorer = ScoreFeeds.instance
+        if scorer is not None:
+            label = with_pattern(label, scorer.recent_alerts, suppress_hours=settings.labels.suppress_hours)
         labels[label["event_id"]] = label
+        _refresh_false_alarms()
         metrics.observe_label(label["label"])
         LabelCount.new += 1
         if settings.labels.learn_every and LabelCount.new >= settings.labels.learn_every:

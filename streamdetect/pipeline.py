@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 
@@ -67,6 +67,7 @@ class BatchOutput:
     warming: int = 0  # valid events a stateful feed could not score yet (e.g. a sensor's window is not full)
     unseen_categories: int = 0  # categorical values outside the bundle's vocabulary, scored as "<other>"
     suppressed: int = 0  # alerts held back by the alert budget per key per hour
+    suppressed_by_label: int = 0  # alerts held back because an analyst called the same pattern of the key a false alarm
     drift_events: list[dict] = field(default_factory=list)  # model-control messages (action "drift")
     stage_seconds: dict[str, float] = field(default_factory=dict)  # seconds per step of process_batch
 
@@ -236,10 +237,14 @@ def process_batch(
     publish_scores: bool = True,
     max_scores_per_record: int = 2048,
     now: float | None = None,
+    false_alarms: Mapping[tuple[str, str], float] | None = None,
 ) -> BatchOutput:
     """One batch of one feed (any mix of its partitions) -> alerts, scores records, dead letters.
 
     Updates ``states`` (per partition: key levels and the next offset to consume).
+    ``false_alarms``: ``{(key, pattern): until}`` -- an alert of ``key`` whose pattern (``alert_pattern``
+    of its top features) an analyst called a false alarm is not published before event time ``until``
+    (unix seconds); it counts in ``suppressed_by_label`` and its scores entry says not alerted.
     """
     now = time.time() if now is None else now
     version = bundle.version
@@ -299,6 +304,9 @@ def process_batch(
             for event in state.drift.update_batch(part_keys, raw, model_version=version, partition=partition,
                                                   event_times=_take(times, rows)):
                 output.drift_events.append(event.to_message())
+        if false_alarms and result.alerted.any():
+            output.suppressed_by_label += _suppress_known_false_alarms(result.alerted, rows, false_alarms, bundle, X, columns,
+                                                                      kept, keys, table, top_k)
         for i in np.flatnonzero(result.alerted).tolist():
             alert_rows.append((int(rows[i]), float(result.p_values[i]), float(result.thresholds[i])))
         if publish_scores:
@@ -320,10 +328,8 @@ def process_batch(
 
     if alert_rows:
         rows = [r for r, _, _ in alert_rows]
-        # the alerted events' raw values, which explanations quote (``columns`` rows: before featurize kept some)
-        raw_numeric = np.column_stack([np.asarray(columns[c], dtype=np.float64)[kept[rows]] for c in bundle.schema.numeric]) \
-            if bundle.schema.numeric else None
-        reasons = scoring.top_features(bundle, X[rows], raw_numeric, top_k)
+        # the alerted events' raw values, which explanations quote
+        reasons = scoring.top_features(bundle, X[rows], _raw_numeric(bundle, columns, kept, rows), top_k)
         for (row, p_value, threshold), top in zip(alert_rows, reasons):
             event_id = event_ids[row]
             alert = {
@@ -341,6 +347,37 @@ def process_batch(
     output.stage_seconds = {stage: end - start for stage, start, end in
                             zip(("decode_validate", "featurize", "score", "threshold", "outputs"), clock, clock[1:])}
     return output
+
+
+def alert_pattern(top_features: Sequence[dict], size: int = 3) -> str:
+    """What an alert is about, for "the same pattern" of a false alarm: its top features' names, sorted."""
+    return ",".join(sorted(f["name"] for f in top_features[:size]))
+
+
+def _raw_numeric(bundle: Bundle, columns, kept: np.ndarray, rows) -> np.ndarray | None:
+    """The rows' numeric input values in raw units, schema order (``columns`` rows: before featurize kept some)."""
+    if not bundle.schema.numeric:
+        return None
+    return np.column_stack([np.asarray(columns[c], dtype=np.float64)[kept[rows]] for c in bundle.schema.numeric])
+
+
+def _suppress_known_false_alarms(alerted: np.ndarray, rows: np.ndarray, false_alarms, bundle, X, columns, kept, keys,
+                                 table, top_k: int) -> int:
+    """Clear ``alerted`` (in place) where the alert repeats a key's false-alarm pattern; returns how many."""
+    keyed = {key for key, _ in false_alarms}
+    candidates = [i for i in np.flatnonzero(alerted).tolist() if keys[rows[i]] in keyed]
+    if not candidates:
+        return 0
+    batch_rows = [int(rows[i]) for i in candidates]
+    reasons = scoring.top_features(bundle, X[batch_rows], _raw_numeric(bundle, columns, kept, batch_rows), top_k)
+    when = table.epoch_seconds("event_time")
+    cleared = 0
+    for i, row, top in zip(candidates, batch_rows, reasons):
+        until = false_alarms.get((keys[row], alert_pattern(top)))
+        if until is not None and when[row] < until:
+            alerted[i] = False
+            cleared += 1
+    return cleared
 
 
 def _stateful_columns(feed: Feed, valid: list[InputRecord], table: EventTable, bundle: Bundle,

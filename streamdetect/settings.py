@@ -97,6 +97,7 @@ class LabelSettings(BaseModel):
     regularization: float = Field(1.0, gt=0, description="inverse L2 strength C of the second stage's logistic regression")
     calibration_events: int = Field(20000, ge=100, description="latest scored, unalerted events whose combined scores calibrate the second stage")
     recent_alerts: int = Field(500, ge=1, description="alerts the review page keeps in memory")
+    suppress_hours: float = Field(24.0, ge=0, description="hours of event time a false_alarm label holds back the same pattern (top features) of the same key; 0 = never; events without a key are never held back")
 
 
 class Settings(OfflineSettings):

@@ -118,6 +118,7 @@ class Metrics:
         self.alerts_published = Counter("streamdetect_alerts", "Alerts published", ["feed"], registry=r)
         self.labels_taken = Counter("streamdetect_labels", "Analyst labels accepted from the feedback topic", ["label"], registry=r)
         self.labels_by_kind: dict[str, int] = {}
+        self.suppressed_by_label = 0  # alerts not published: the key's pattern was labelled a false alarm
         self.dead_lettered = Counter("streamdetect_dead_letters", "Events sent to the dead-letter topic, by reason",
                                      ["feed", "reason"], registry=r)
         self.batch_latency = Histogram("streamdetect_batch_latency_seconds", "Time to score one batch of a feed",
@@ -185,6 +186,7 @@ class Metrics:
             "last_batch_seconds": round(self.last_batch_seconds, 4), "busy_seconds": round(self.busy_seconds, 3),
             "commit_failures": self.commit_failures, "caught_up": self.caught_up,
             "unseen_categories": self.unseen_categories, "labels": dict(self.labels_by_kind),
+            "suppressed_by_label": self.suppressed_by_label,
             "stage_seconds": {name: round(seconds, 4) for name, seconds in self.stage_seconds.items()},
             "loop_lag_ms_last_30s": {q: round(float(np.percentile(self.loop_lag_ms, p)), 2)
                                      for q, p in (("p50", 50), ("p99", 99), ("max", 100))} if self.loop_lag_ms else None,

@@ -70,6 +70,8 @@ class BatchScorer(Service):
         self.assignments = 0  # completed ``on_assigned`` calls: a batch fetched across one is fetched again
         self.prepared: set[TopicPartition] = set()  # assigned partitions whose state ``on_assigned`` has set up
         self.recent_alerts: deque[bytes] = deque(maxlen=settings.labels.recent_alerts)  # the review page's queue
+        #: feed -> {(key, pattern): until (event time, unix s)}: analysts' false alarms not to repeat (set by the app)
+        self.false_alarms: dict[str, dict[tuple[str, str], float]] = {}
 
     def new_state(self) -> PartitionState:
         scoring = self.settings.scoring
@@ -262,7 +264,9 @@ class BatchScorer(Service):
             feed=feed, bundle=bundle, states=states, new_state=self.new_state,
             rate=scoring.target_false_alarm_rate, max_event_bytes=scoring.max_event_bytes,
             top_k=scoring.top_features, publish_scores=scoring.publish_scores,
+            false_alarms=self.false_alarms.get(feed.name),
         )
+        self.metrics.suppressed_by_label += output.suppressed_by_label
         self.metrics.observe_batch(feed.name, len(records), output.scored, latency_s=time.perf_counter() - processing,
                                    oldest_event_age_s=output.latency_ms_max / 1000,
                                    unseen_categories=output.unseen_categories)
