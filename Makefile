@@ -26,8 +26,14 @@ export STREAMDETECT_DRIFT__ENABLED ?= false
 endif
 # pytest arguments, e.g. make test PYTEST_ARGS="-k bundle"
 PYTEST_ARGS ?=
+# the review page's browser test (tests/test_review_page.py): Debian's chromium and chromium-driver,
+# driven by selenium through this chromedriver (Selenium Manager never downloads a browser or a driver)
+CHROMIUM     := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+BROWSER_NOTE := .cache/browser-setup.txt
+BROWSER_APT  := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
 
-.PHONY: help install data model demo test bench kafka clean
+.PHONY: help install data model demo test browser bench kafka clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,10 +62,36 @@ demo: export STREAMDETECT_FEEDS = ["$(FEED)"]
 demo: model  ## embedded broker + worker, replay the evaluation slice, print alerts and how well they did
 	$(BIN)/python -m streamdetect.demo --feed $(FEED)
 
-test: data  ## unit and integration tests on real brokers (embedded Tansu and Apache Kafka 4.x), real datasets
+test: data browser  ## unit and integration tests on real brokers (embedded Tansu and Apache Kafka 4.x), real datasets, a real browser
 	@# Apache Kafka from Maven Central; without java/mvn its tests are skipped (required when CI=true)
 	-$(BIN)/python -m streamdetect.kafka.apache fetch
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+browser:  ## Debian's chromium + chromium-driver for the review page's browser test (apt-get install when missing)
+	@# never fails: where the browser cannot be installed, the reason goes to $(BROWSER_NOTE) and the
+	@# browser test skips with it (it fails with it when CI=true)
+	@mkdir -p .cache; rm -f $(BROWSER_NOTE); why=""; \
+	if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then \
+		:; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		why="no apt-get on this machine: install chromium and its chromedriver at $(CHROMIUM) and $(CHROMEDRIVER)"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		why="apt-get needs root, and this runs as $$(id -un): run '$(BROWSER_APT)' as root"; \
+	else \
+		echo "browser: installing Debian's chromium and chromium-driver with apt-get (log: .cache/apt-browser.log)"; \
+		if ! { $(BROWSER_APT) >.cache/apt-browser.log 2>&1 || \
+		       { apt-get update -q >>.cache/apt-browser.log 2>&1 && $(BROWSER_APT) >>.cache/apt-browser.log 2>&1; }; }; then \
+			why="apt-get install chromium chromium-driver failed: $$(tail -n 3 .cache/apt-browser.log | tr '\n' ' ')"; \
+		elif ! [ -x $(CHROMIUM) ] || ! [ -x $(CHROMEDRIVER) ]; then \
+			why="apt-get installed chromium and chromium-driver, but $(CHROMIUM) or $(CHROMEDRIVER) is still missing"; \
+		fi; \
+	fi; \
+	if [ -n "$$why" ]; then \
+		echo "browser: $$why"; echo "browser: tests/test_review_page.py will skip (and fail when CI=true)"; \
+		echo "$$why" > $(BROWSER_NOTE); \
+	else \
+		echo "browser: $$($(CHROMIUM) --version 2>/dev/null | head -n 1); $$($(CHROMEDRIVER) --version 2>/dev/null | head -n 1)"; \
+	fi
 
 bench: install  ## streaming bench (ceiling, worker, latency, kill/fuzz/pause soak) -> benchmarks/results/stream.json, its figure
 	$(BIN)/python -m benchmarks.stream_bench
