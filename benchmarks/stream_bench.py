@@ -559,9 +559,11 @@ def soak(base: Settings, bootstrap: str, registry: Path, workdir: Path, *, good:
               help="bundle registry (default: settings' registry if it serves transactions, else a quick bundle is trained)")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/stream.json"), show_default=True)
+@click.option("--section", default=None, metavar="NAME",
+              help="write the run into --out under this key, keeping the rest of the file (e.g. apache_kafka beside the Tansu run)")
 def main(quick: bool, n_events: int | None, rate: float, latency_seconds: float | None, pause_s: float | None,
          kill_cycles: int | None, n_fuzz: int | None, skip: tuple[str, ...], registry: Path | None, workdir: Path,
-         out: Path) -> None:
+         out: Path, section: str | None) -> None:
     """Measure the worker against a plain consumer of the same broker, and soak it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aiokafka", "kafka"):
@@ -574,7 +576,15 @@ def main(quick: bool, n_events: int | None, rate: float, latency_seconds: float 
     result = run_bench(quick=quick, n_events=n_events, rate=rate, latency_seconds=latency_seconds, pause_s=pause_s,
                        kill_cycles=kill_cycles, n_fuzz=n_fuzz, skip=set(skip), registry=registry, workdir=workdir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        previous = json.loads(out.read_text()) if out.exists() else {}
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{out}: not JSON ({exc}); move it aside and run again") from exc
+    # runs written with --section stay when the main run is rewritten, and the other way round
+    sections = list(dict.fromkeys(previous.get("sections", []) + ([section] if section else [])))
+    kept = {name: previous[name] for name in sections if name in previous and name != section}
+    whole = ({k: v for k, v in previous.items() if k not in kept and k != "sections"} | {section: result}) if section else result
+    out.write_text(json.dumps({**whole, **kept, **({"sections": sections} if sections else {})}, indent=2) + "\n")
     click.echo(json.dumps({k: result.get(k) for k in ("raw_consume_eps", "worker_eps", "ratio", "ratio_pairs_median", "faust_agent_eps",
                                                       "offered_eps", "latency_ms", "worker_rss_mb",
                                                       "two_worker_speedup")}, indent=1))
