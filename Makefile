@@ -13,13 +13,19 @@ endif
 export STREAMDETECT_REGISTRY_DIR ?= $(abspath registry)
 export STREAMDETECT_DATA__DATA_DIR ?= $(abspath data)
 # the model and dataset of each feed's demo bundle
-MODEL_transactions   := vae
+# (copula: label-free AUPRC 0.673 on the credit-card time split against the VAE's 0.102, benchmarks/results/creditcard.csv)
+MODEL_transactions   := copula
 DATASET_transactions := creditcard
 MODEL_access-logs    := ae
 DATASET_access-logs  := nsl-kdd
 # The access-log replay is KDDTest+, where 57% of the events are attacks: per-key threshold
 # adaptation and drift-triggered retraining assume anomalies are rare, so that demo keeps the
 # calibrated threshold fixed and drift off.
+# A fraud team's queue: alert on 0.1% of normal transactions, not 1% (at 1% nine alerts in ten are
+# false alarms whatever the model: 0.068 precision for the copula model, 0.080 for the VAE)
+ifeq ($(FEED),transactions)
+export STREAMDETECT_SCORING__TARGET_FALSE_ALARM_RATE ?= 0.001
+endif
 ifeq ($(FEED),access-logs)
 export STREAMDETECT_SCORING__THRESHOLD_WARMUP ?= 1000000000
 export STREAMDETECT_DRIFT__ENABLED ?= false

@@ -85,8 +85,7 @@ def main(feed: str, limit: int | None, rate: float, malformed: bool, timeout: fl
     try:
         bundle = load_current(settings.registry_dir, feed)
     except BundleError as exc:
-        raise click.ClickException(f"{exc}\n(make demo trains one first: python -m offline.train --model vae "
-                                   f"--dataset {feed_spec.dataset} --preset quick --feed {feed})") from None
+        raise click.ClickException(f"{exc}\n(make demo trains one first, or: make model FEED={feed})") from None
     click.echo(f"bundle in service: {bundle.path} ({bundle.model_name})")
 
     resolved: ResolvedBroker | None = None
