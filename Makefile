@@ -61,7 +61,8 @@ model: data  ## train the demo's bundle for $(FEED) if none is in service
 	@if [ -f "$$STREAMDETECT_REGISTRY_DIR/$(FEED)/pointer.json" ]; then \
 		echo "bundle in service: $$(cat $$STREAMDETECT_REGISTRY_DIR/$(FEED)/pointer.json | tr -d '\n ')"; \
 	else \
-		$(BIN)/python -m offline.train --model $(MODEL_$(FEED)) --dataset $(DATASET_$(FEED)) --feed $(FEED); \
+		$(BIN)/python -m offline.train --model $(MODEL_$(FEED)) --dataset $(DATASET_$(FEED)) --feed $(FEED) \
+			--target-rate $${STREAMDETECT_SCORING__TARGET_FALSE_ALARM_RATE:-0.01}; \
 	fi
 
 demo: export STREAMDETECT_FEEDS = ["$(FEED)"]
