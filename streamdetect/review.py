@@ -57,6 +57,7 @@ PAGE = """<!doctype html>
  <tbody id="queue"></tbody>
 </table>
 <script>
+let lastAction = "";
 const fmt = (x, d) => (typeof x === "number" ? x.toPrecision(d) : String(x));
 function cell(text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; return td; }
 async function label(eventId, verdict, button) {
@@ -65,7 +66,8 @@ async function label(eventId, verdict, button) {
   const response = await fetch("/review/label", {method: "POST", headers: {"Content-Type": "application/json"},
                                  body: JSON.stringify({event_id: eventId, label: verdict, analyst})});
   const body = await response.json();
-  document.getElementById("status").textContent = response.ok ? `sent ${verdict} for ${eventId}` : `refused: ${body.error}`;
+  lastAction = response.ok ? `sent ${verdict} for ${eventId}` : `refused: ${body.error}`;
+  if (!response.ok) button.disabled = false;
   refresh();
 }
 function row(alert) {
@@ -102,9 +104,9 @@ async function refresh() {
     const response = await fetch("/review/alerts.json");
     const data = await response.json();
     document.getElementById("queue").replaceChildren(...data.alerts.map(row));
-    document.getElementById("status").dataset.count = data.alerts.length;
-    if (!document.getElementById("status").textContent.startsWith("sent"))
-      document.getElementById("status").textContent = `${data.alerts.length} alerts, ${data.labelled} labelled`;
+    const status = document.getElementById("status");
+    status.dataset.count = data.alerts.length;
+    status.textContent = `${data.alerts.length} alerts, ${data.labelled} labelled` + (lastAction ? ` (${lastAction})` : "");
   } catch (err) {
     document.getElementById("status").textContent = `worker unreachable: ${err}`;
   }

@@ -120,14 +120,15 @@ class LabelledStageDetector(Detector):
 
     @classmethod
     def from_state(cls, params: dict, tensors: dict[str, torch.Tensor], *, n_features: int) -> "LabelledStageDetector":
+        for name in ("stage.mean", "stage.scale", "stage.coef"):
+            if tensors[name].shape != (n_features + 1,):
+                raise ValueError(f"labelled stage: {name} has {tensors[name].shape[0] - 1} features, the schema {n_features}")
         base_tensors = {k[len("base."):]: v for k, v in tensors.items() if k.startswith("base.")}
         base = detector_class(params["base_model"]).from_state(params["base_params"], base_tensors, n_features=n_features)
         detector = cls(**{k: v for k, v in params.items() if k not in ("base_model", "base_params")}, base=base,
                        calibration=tensors["stage.base_calibration"].numpy())
         detector.mean, detector.scale = tensors["stage.mean"].numpy(), tensors["stage.scale"].numpy()
         detector.coef, detector.intercept = tensors["stage.coef"].numpy(), float(tensors["stage.intercept"][0])
-        if detector.coef.shape != (n_features + 1,):
-            raise ValueError(f"labelled stage has {detector.coef.shape[0] - 1} features, the schema {n_features}")
         return detector
 
 
