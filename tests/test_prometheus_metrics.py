@@ -89,7 +89,8 @@ def test_a_batch_shows_in_the_text_exposition_and_in_the_json_view():
     view = metrics.as_dict()
     assert set(view) == {"uptime_s", "events", "scored", "alerts", "batches", "dead_letters", "last_batch_latency_ms",
                          "last_batch_seconds", "busy_seconds", "commit_failures", "caught_up", "unseen_categories",
-                         "stage_seconds", "loop_lag_ms_last_30s"}
+                         "stage_seconds", "loop_lag_ms_last_30s", "labels", "suppressed_by_label"}
+    assert view["labels"] == {} and view["suppressed_by_label"] == 0  # no analyst label in this test
     assert (view["events"], view["scored"], view["alerts"], view["unseen_categories"]) == (200, 198, 4, 2)
     assert view["dead_letters"] == {"invalid_json": 1, "schema": 3}
     assert view["last_batch_latency_ms"] == 0.0  # the last batch's oldest event age, as before
