@@ -1,8 +1,9 @@
 """Learn a second stage from analysts' labels: labelled alerts -> candidate bundle -> decision.
 
 ``Retrainer.learn`` (``loop.py``) gathers the data: the alerted events of the feed (each alert
-carries its event), joined by event id with the labels table, and the latest scored events that
-neither alerted nor were confirmed (the normals that calibrate the combined score). This module
+carries its event), joined by event id with the labels table, and, only for a bundle without its
+own calibration rows, the latest scored events that neither alerted nor were confirmed (the normals
+that calibrate the combined score then). This module
 runs in the retrain process:
 
 1. ``train_label_stage``: the base detector of the bundle in service (its unsupervised part, when

@@ -36,6 +36,7 @@ unsupervised part of a labelled bundle; the next labels teach a new stage on top
 from __future__ import annotations
 
 import asyncio
+import json
 import concurrent.futures
 import logging
 import multiprocessing
@@ -249,7 +250,6 @@ class Retrainer:
             await self._step({"action": "retrain_failed", "feed": feed, "error": f"{type(exc).__name__}: {exc}"[:1000]})
             return None
 
-
     async def learn(self, feed: str) -> dict | None:
         """Labels -> second-stage candidate -> check -> promote or reject (``retrain/labels.py``)."""
         from offline import bundle as bundles
@@ -271,19 +271,23 @@ class Retrainer:
                                   "reason": f"needs {config.min_labels} labelled alerts with {config.min_per_class} of each label"})
                 return None
             await self._step({"action": "learn_started", "feed": feed, "model_version": current_version, **counts})
-            topic = get_feed(feed).topic(settings)
-            now = await committed_offsets(self.kafka, topic, settings.kafka.consumer_group, settings.topics.partitions)
-            span = max(1, config.calibration_events // settings.topics.partitions)
-            records = await read_range(self.kafka, topic, {p: (max(0, e - span), e) for p, e in now.items()}, timeout=60)
-            normal_ids = set(alerted) | {i for i, v in labels.items() if v["label"] == "confirmed"}
-            normals = [e for e in _decode_valid(records, feed) if e.get("event_id") not in normal_ids]
+            current_dir = bundles.feed_dir(registry, feed) / current_version
+            normals = []
+            if "calibration_rows" not in json.loads((current_dir / bundles.MANIFEST).read_text()):
+                # no held-out normal rows in the bundle: the latest scored events that neither alerted nor were confirmed
+                topic = get_feed(feed).topic(settings)
+                now = await committed_offsets(self.kafka, topic, settings.kafka.consumer_group, settings.topics.partitions)
+                span = max(1, config.calibration_events // settings.topics.partitions)
+                records = await read_range(self.kafka, topic, {p: (max(0, e - span), e) for p, e in now.items()}, timeout=60)
+                excluded = set(alerted) | {i for i, v in labels.items() if v["label"] == "confirmed"}
+                normals = [e for e in _decode_valid(records, feed) if e.get("event_id") not in excluded]
             job_dir = Path(settings.data.data_dir) / "retrain" / feed
             job_dir.mkdir(parents=True, exist_ok=True)
             stamp = int(time.time() * 1000)
             labelled_path, normals_path = job_dir / f"labelled-{stamp}.jsonl", job_dir / f"normals-{stamp}.jsonl"
             labelled_path.write_bytes(b"\n".join(orjson.dumps(item) for item in labelled))
             normals_path.write_bytes(b"\n".join(orjson.dumps(e) for e in normals))
-            job = {"feed": feed, "registry": str(registry), "current_bundle": str(bundles.feed_dir(registry, feed) / current_version),
+            job = {"feed": feed, "registry": str(registry), "current_bundle": str(current_dir),
                    "labelled_path": str(labelled_path), "normals_path": str(normals_path),
                    "regularization": config.regularization, "target_rate": settings.scoring.target_false_alarm_rate}
             loop = asyncio.get_running_loop()
