@@ -71,7 +71,7 @@ WORKER_ENV = {"STREAMDETECT_RETRAIN__ENABLED": "false"}
 
 
 def run_settings(base: Settings, registry: Path, web_port: int, *, suffix: str | None = None,
-                 transactions: str | None = None, group: str | None = None,
+                 transactions: str | None = None, sensor_readings: str | None = None, group: str | None = None,
                  extra_env: dict[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
     """Settings of one worker run with its own topics, app id and consumer group (``transactions``
     and ``group`` override the input topic and the group, so that runs can share them).
@@ -80,6 +80,8 @@ def run_settings(base: Settings, registry: Path, web_port: int, *, suffix: str |
     topics = {name: f"{getattr(base.topics, name)}-{suffix}" for name in TOPIC_FIELDS}
     if transactions:
         topics["transactions"] = transactions
+    if sensor_readings:
+        topics["sensor_readings"] = sensor_readings
     env = {f"STREAMDETECT_TOPICS__{name.upper()}": value for name, value in topics.items()}
     env.update({
         "STREAMDETECT_APP_ID": f"streamdetect-{suffix}",
@@ -559,11 +561,15 @@ def soak(base: Settings, bootstrap: str, registry: Path, workdir: Path, *, good:
               help="bundle registry (default: settings' registry if it serves transactions, else a quick bundle is trained)")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/stream.json"), show_default=True)
+@click.option("--feed", type=click.Choice(["transactions", "sensor-readings"]), default="transactions", show_default=True,
+              help="sensor-readings: the throughput pairs only, on a fleet of --sensors sensors whose readings interleave")
+@click.option("--sensors", "n_sensors", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="sensors in the sensor-readings run (each scored once its window is full)")
 @click.option("--section", default=None, metavar="NAME",
               help="write the run into --out under this key, keeping the rest of the file (e.g. apache_kafka beside the Tansu run)")
 def main(quick: bool, n_events: int | None, rate: float, latency_seconds: float | None, pause_s: float | None,
          kill_cycles: int | None, n_fuzz: int | None, skip: tuple[str, ...], registry: Path | None, workdir: Path,
-         out: Path, section: str | None) -> None:
+         out: Path, feed: str, n_sensors: int, section: str | None) -> None:
     """Measure the worker against a plain consumer of the same broker, and soak it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aiokafka", "kafka"):
@@ -573,8 +579,11 @@ def main(quick: bool, n_events: int | None, rate: float, latency_seconds: float 
     pause_s = pause_s if pause_s is not None else (3.0 if quick else 30.0)
     kill_cycles = kill_cycles if kill_cycles is not None else (1 if quick else 5)
     n_fuzz = n_fuzz if n_fuzz is not None else (500 if quick else 10_000)
+    if feed == "sensor-readings":  # the other parts replay transactions
+        skip = tuple(set(skip) | {"faust-agent", "two-workers", "latency", "soak"})
     result = run_bench(quick=quick, n_events=n_events, rate=rate, latency_seconds=latency_seconds, pause_s=pause_s,
-                       kill_cycles=kill_cycles, n_fuzz=n_fuzz, skip=set(skip), registry=registry, workdir=workdir)
+                       kill_cycles=kill_cycles, n_fuzz=n_fuzz, skip=set(skip), registry=registry, workdir=workdir,
+                       feed=feed, n_sensors=n_sensors)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         previous = json.loads(out.read_text()) if out.exists() else {}
@@ -594,7 +603,8 @@ def main(quick: bool, n_events: int | None, rate: float, latency_seconds: float 
 
 
 def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float, pause_s: float, kill_cycles: int,
-              n_fuzz: int, skip: set[str], registry: Path | None, workdir: Path) -> dict:
+              n_fuzz: int, skip: set[str], registry: Path | None, workdir: Path, feed: str = "transactions",
+              n_sensors: int = 10_000) -> dict:
     from streamdetect.kafka.broker import EmbeddedBroker, client_kwargs, ensure_topics, free_port
 
     base = get_settings()
@@ -628,16 +638,33 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
                         "worker_fetch_max_wait_ms": base.kafka.fetch_max_wait_ms}
     workers: list[WorkerProcess] = []
     try:
-        registry = ensure_bundle(base, registry, workdir)
+        topic = f"bench-{feed}-{uuid.uuid4().hex[:8]}"
+        if feed == "sensor-readings":
+            from benchmarks.sensor_fleet import CONFIG, ensure_sensor_bundle, fleet_events
+
+            registry = registry or ensure_sensor_bundle(workdir, n_sensors)
+            # each sensor's first size - 1 readings fill its window; the rest (~n_events) are scored
+            per_sensor = CONFIG.size - 1 + max(n_events // n_sensors, 1)
+            events = fleet_events(n_sensors, per_sensor)
+            scored_total = n_sensors * (per_sensor - CONFIG.size + 1)
+            n_events = len(events)
+            inputs, keys = {"sensor_readings": topic}, [e["sensor_id"].encode() for e in events]
+            result.update(feed=feed, sensors=n_sensors, readings_per_sensor=per_sensor, events=n_events,
+                          scored_events=scored_total, window=CONFIG.to_dict(),
+                          worker_rate_measured_over="the scored readings (each sensor past its first window)")
+        else:
+            registry = ensure_bundle(base, registry, workdir)
+            events = transaction_events(base, n_events)
+            scored_total = n_events
+            inputs, keys = {"transactions": topic}, [e["event_id"].encode() for e in events]
+        feed_env = {"STREAMDETECT_FEEDS": json.dumps([feed])}
         result["bundle"] = str(registry)
-        topic = f"bench-transactions-{uuid.uuid4().hex[:8]}"
         ensure_topics(bootstrap, base, [topic])
         kafka = client_kwargs(base, bootstrap)
         log.info("bench: %d events into %s (%d partitions) on %s", n_events, topic, base.topics.partitions, bootstrap)
-        events = transaction_events(base, n_events)
         messages = [orjson.dumps(e) for e in events]
         started = time.perf_counter()
-        asyncio.run(produce(kafka, topic, messages, [e["event_id"].encode() for e in events]))
+        asyncio.run(produce(kafka, topic, messages, keys))
         result["produce_eps"] = round(n_events / (time.perf_counter() - started))
         total = n_events
 
@@ -651,7 +678,7 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
         for attempt in range(1 if quick else 5):
             runs.append(asyncio.run(raw_consume(kafka, topic, n_events, max_records=raw_records)))
             log.info("bench: raw consumer %d ev/s", runs[-1]["eps"])
-            settings, env = run_settings(base, registry, free_port(), transactions=topic)
+            settings, env = run_settings(base, registry, free_port(), extra_env=feed_env, **inputs)
             ensure_topics(bootstrap, settings, [t for t in (getattr(settings.topics, f) for f in TOPIC_FIELDS) if t != topic])
             worker = WorkerProcess(settings, env, bootstrap, logs / f"worker-{attempt}.log")
             workers.append(worker)
@@ -660,8 +687,8 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
             cpu_before = worker.cpu_seconds()
             wait_for(lambda: safe_metrics(worker).get("events", 0) >= total, timeout=600, interval=0.5, what="worker backlog")
             cpu_used = worker.cpu_seconds() - cpu_before
-            account = asyncio.run(read_outputs(kafka, settings, lambda a: sum(a.scored.values()) >= total, timeout=120,
-                                               topics=[settings.topics.scores]))
+            account = asyncio.run(read_outputs(kafka, settings, lambda a: sum(a.scored.values()) >= scored_total,
+                                               timeout=120, topics=[settings.topics.scores]))
             measured = batch_rate(account.score_records)
             metrics = worker.metrics()
             memory = worker.memory_mb()
@@ -671,7 +698,7 @@ def run_bench(*, quick: bool, n_events: int, rate: float, latency_seconds: float
                 "run": {**{k: round(v, 2) if isinstance(v, float) else v for k, v in measured.items()},
                         "ready_s": round(ready_s, 1), "scored": metrics.get("scored"),
                         "cpu_us_per_event": round(cpu_used / n_events * 1e6, 1),
-                        "all_scored": len(account.scored) == n_events},
+                        "all_scored": len(account.scored) == scored_total},
             })
             log.info("bench: worker %d ev/s (pair ratio %.3f)", measured["eps"], measured["eps"] / runs[-1]["eps"])
         if raw_records != base.scoring.batch_size:

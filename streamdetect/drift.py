@@ -155,11 +155,11 @@ class DriftMonitor:
                      event_times: Sequence | None = None, partition: int | None = None) -> list[DriftEvent]:
         """Feed each key's detector its values (grouped by key, in order); ``event_times`` (datetimes
         or strings) label the drift events."""
-        values = np.asarray(values, dtype=np.float64)
+        values = np.asarray(values, dtype=np.float64).tolist()
         events = []
         for key, rows in rows_by_key(keys).items():
             detector = self._get(key)
-            for hit in detector.update_many(values[rows].tolist()):
+            for hit in detector.update_many([values[r] for r in rows] if len(rows) < len(values) else values):
                 evidence = detector.evidence()
                 log.warning("drift on %s key %r (model %s): %s", self.feed, key, model_version, evidence)
                 when = None if event_times is None else event_times[rows[hit]]

@@ -392,7 +392,8 @@ def _stateful_columns(feed: Feed, valid: list[InputRecord], table: EventTable, b
         state = states.get(partition)
         if state is None:
             state = states[partition] = new_state()
-        columns, ready = feed.stateful_columns([table.events[r] for r in rows], state.feed_state, bundle)
+        part = table if len(rows) == table.n else table.take(rows)
+        columns, ready = feed.stateful_columns(part, state.feed_state, bundle)
         parts.append((columns, ready))
         order += [r for r, ok in zip(rows, ready.tolist()) if ok]
     names = list(parts[0][0])

@@ -30,32 +30,35 @@ log = logging.getLogger(__name__)
 
 
 class KeyLevel:
-    """Rolling median of one key's recent raw scores, plus how many it has seen."""
+    """Rolling median of one key's recent raw scores, plus how many it has seen.
+
+    The rolling quantile is built from the recent scores when the median is first asked for: the
+    median is only read once a key is past its warm-up, and a fleet of many keys that are mostly
+    young (10,000 sensors) would otherwise pay for a quantile update per event it never reads."""
 
     __slots__ = ("count", "quantile", "values")
 
     def __init__(self, window: int, values: Sequence[float] = (), count: int = 0):
-        self.quantile = stats.RollingQuantile(0.5, window_size=window)
-        self.values: deque[float] = deque(maxlen=window)  # river's window is opaque; ours is what we checkpoint
-        self.count = 0
-        for value in values:
-            self.update(float(value))
-        self.count = max(count, self.count)
+        self.quantile: stats.RollingQuantile | None = None
+        self.values: deque[float] = deque((float(v) for v in values), maxlen=window)  # ours is what we checkpoint
+        self.count = max(count, len(values))
 
     def update(self, value: float) -> None:
         self.update_many([value])
 
     def update_many(self, values: list[float]) -> None:
-        if len(values) > self.values.maxlen:  # only the last window's worth can stay in the window
-            self.count += len(values) - self.values.maxlen
-            values = values[-self.values.maxlen:]
-        update = self.quantile.update
-        for value in values:
-            update(value)
+        if self.quantile is not None:
+            update = self.quantile.update
+            for value in values[-self.values.maxlen:]:  # only the last window's worth can stay in the window
+                update(value)
         self.values.extend(values)
         self.count += len(values)
 
     def median(self) -> float | None:
+        if self.quantile is None:
+            self.quantile = stats.RollingQuantile(0.5, window_size=self.values.maxlen)
+            for value in self.values:
+                self.quantile.update(value)
         return self.quantile.get()
 
 
@@ -111,13 +114,15 @@ class PartitionState:
 
     def update(self, keys: Sequence[str], scores: np.ndarray) -> None:
         # grouped by key, in order: one bulk update per key
+        values = scores.tolist()
+        levels = self.keys
         for key, rows in rows_by_key(keys).items():
-            level = self.keys.get(key)
+            level = levels.get(key)
             if level is None:
-                level = self.keys[key] = KeyLevel(self.window)
+                level = levels[key] = KeyLevel(self.window)
             else:
-                self.keys.move_to_end(key)
-            level.update_many(scores[rows].tolist())
+                levels.move_to_end(key)
+            level.update_many([values[r] for r in rows] if len(rows) < len(values) else values)
         while len(self.keys) > self.max_keys:
             self.keys.popitem(last=False)  # least recently seen key
 

@@ -95,6 +95,30 @@ def test_quick_run_writes_every_figure(creditcard_bundles, tmp_path):
     assert reliability["events_lost"] == 0 and reliability["fuzzed_in_deadletter"] == reliability["fuzzed_events"] == 300
 
 
+def test_quick_sensor_run_scores_every_reading_past_its_window_and_keeps_the_other_sections(tmp_path):
+    """``--feed sensor-readings --section``: a fleet of sensors whose readings interleave, the throughput
+    pair only, written beside the transactions run already in the file."""
+    out = tmp_path / "stream.json"
+    out.write_text(json.dumps({"ratio": 0.5, "worker_eps": 1}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("STREAMDETECT_KAFKA__BOOTSTRAP", None)
+    command = [sys.executable, "-m", "benchmarks.stream_bench", "--quick", "--feed", "sensor-readings", "--sensors", "60",
+               "--events", "3000", "--workdir", str(tmp_path / "runs"), "--out", str(out), "--section", "sensor_readings"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    whole = json.loads(out.read_text())
+    assert whole["ratio"] == 0.5 and whole["sections"] == ["sensor_readings"]
+    result = whole["sensor_readings"]
+    assert result["feed"] == "sensor-readings" and result["sensors"] == 60
+    # each sensor's first window-size - 1 readings fill its window; every reading after that is scored
+    size = result["window"]["size"]
+    assert result["readings_per_sensor"] == size - 1 + 3000 // 60 and result["events"] == 60 * result["readings_per_sensor"]
+    assert result["scored_events"] == 60 * 3000 // 60 and result["worker_run"]["all_scored"]
+    assert result["worker_eps"] > 0 and result["ratio"] == pytest.approx(result["worker_eps"] / result["raw_consume_eps"], rel=0.01)
+    assert "reliability" not in result and "latency_ms" not in result  # the sensor run is the throughput pair only
+
+
 @pytest.mark.integration
 def test_broker_probe_measures_every_setting_on_a_real_broker(tmp_path):
     """``python -m benchmarks.broker_probe`` on the embedded broker: every offered event arrives in

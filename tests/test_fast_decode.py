@@ -17,6 +17,7 @@ from offline.data import load_tabular
 from streamdetect import pipeline
 from streamdetect.feeds import get_feed
 from streamdetect.feeds.fast_decode import fast_decoder
+from streamdetect.feeds.sensors import SensorDecoder, SensorEvent
 from benchmarks.fuzz import fuzzed_messages
 
 TIMES = [
@@ -71,7 +72,8 @@ def assert_mirror_within_pydantic(feed_name: str, messages: list[bytes]) -> int:
 def test_the_mirror_exists_only_for_models_it_can_check_exactly():
     assert get_feed("transactions").fast_decoder is not None
     assert get_feed("access-logs").fast_decoder is not None
-    assert get_feed("sensor-readings").fast_decoder is None  # its model validator fills event_id
+    # its model validator fills event_id and its value is one number or a list: no generic mirror, its own decoder
+    assert fast_decoder(SensorEvent) is None and isinstance(get_feed("sensor-readings").fast_decoder, SensorDecoder)
 
     class WithValidator(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -122,3 +124,50 @@ def test_what_the_mirror_refuses_pydantic_still_judges_in_input_order(creditcard
     assert table.time("event_time")[1] == dt.datetime(2013, 9, 1)  # a date alone: naive midnight
     assert table.time("event_time")[4].microsecond == 123456  # pydantic truncates; msgspec would round
     assert table.number("Amount").tolist() == [events[i]["Amount"] for i in (0, 1, 2, 3, 5)]
+
+
+def sensor_events(n: int) -> list[dict]:
+    """Readings of a few sensors: one number, several channels, with and without an event id."""
+    out = []
+    for i in range(n):
+        event = {"sensor_id": f"pump-{i % 7}", "event_time": f"2024-01-01T00:{i % 60:02d}:00Z", "value": round(i * 0.37 - 5, 3)}
+        if i % 3:
+            event["event_id"] = f"pump-{i % 7}-{i}"
+        if i % 5 == 0:
+            event["value"] = [event["value"], -1.5, 2]
+        out.append(event)
+    return out
+
+
+def test_the_sensor_decoder_accepts_only_what_pydantic_accepts_with_the_same_values():
+    good = sensor_events(40)
+    rng = random.Random(4)
+    plain = [e for e in good if not isinstance(e["value"], list)]  # the fuzzer mutates number fields
+    messages = [orjson.dumps(e) for e in good] + [m for _, m in fuzzed_messages(plain, 3000, seed=6) if m is not None]
+    for event in good[:10]:
+        messages += near_misses(event, rng)
+        messages += [json.dumps({**event, "value": v}).encode()
+                     for v in ([], [1.0] * 16, [1.0] * 17, [1, "2"], [1e12], [1e13], [None], [[1.0]], 1e12, -1e12, 1.0000001e12)]
+    accepted = assert_mirror_within_pydantic("sensor-readings", messages)
+    assert accepted >= len(good) + 20, "the good events and some near-misses pass the decoder"
+    assert accepted < len(messages) - 3000, "the fuzzed events do not"
+
+
+def test_a_batch_of_plain_readings_takes_the_column_path_and_matches_the_one_by_one_path():
+    """The all-valid batch of single numbers (the common case) is checked column by column; its table
+    equals the one the per-event path and pydantic build (default ids included)."""
+    decoder = get_feed("sensor-readings").fast_decoder
+    plain = [e for e in sensor_events(60) if not isinstance(e["value"], list)]
+    messages = [orjson.dumps(e) for e in plain]
+    accepted, table = decoder.decode(messages)
+    each_accepted, each = decoder._decode_each(messages)
+    assert accepted == each_accepted == list(range(len(plain)))
+    assert table.texts == each.texts and table.times == each.times
+    events = [SensorEvent.model_validate_json(m) for m in messages]
+    assert table.text("event_id") == [e.event_id for e in events] and table.text("value") == [e.value for e in events]
+    # one bad reading in the batch: the others still pass the decoder, the bad one is left to pydantic
+    bad = messages[:5] + [orjson.dumps({**plain[5], "value": 2e12})] + messages[6:10]
+    records = [pipeline.InputRecord("sensor-readings", 0, i, m) for i, m in enumerate(bad)]
+    valid, table, dead = pipeline.validate_batch(records, get_feed("sensor-readings"), max_event_bytes=1 << 16)
+    assert [r.offset for r in valid] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert [d["offset"] for d in dead] == [5] and dead[0]["reason"] == "invalid_event"

@@ -36,9 +36,12 @@ class Feed:
     columns: Callable[[EventTable], dict[str, np.ndarray]]
     dataset: str | None = None  # benchmark dataset the replay tool records events from
     events_from_dataset: Callable[["TabularData", np.ndarray], list[dict]] | None = None
-    #: feeds whose features need per-partition state (e.g. sliding windows): (events, feed_state, bundle)
-    #: -> (columns, ready); ``feed_state`` is a JSON-able dict checkpointed with the partition state
-    stateful_columns: Callable[[Sequence[BaseModel], dict, object], tuple[dict[str, np.ndarray], np.ndarray]] | None = None
+    #: feeds whose features need per-partition state (e.g. sliding windows): (one partition's EventTable,
+    #: feed_state, bundle) -> (columns, ready); ``feed_state`` is a JSON-able dict checkpointed with the partition state
+    stateful_columns: Callable[[EventTable, dict, object], tuple[dict[str, np.ndarray], np.ndarray]] | None = None
+    #: the feed's own first validation pass, where the generic msgspec mirror cannot express its model
+    #: (``decode(values) -> (accepted positions, EventTable)``, stricter than the model)
+    decoder: "FastDecoder | None" = None
 
     def topic(self, settings: "Settings") -> str:
         return getattr(settings.topics, self.topic_setting)
@@ -67,9 +70,9 @@ class Feed:
 
     @property
     def fast_decoder(self) -> "FastDecoder | None":
-        """The event model's msgspec mirror (``fast_decode``), None if the model has no exact one or
-        the feed is stateful (its ``stateful_columns`` reads pydantic events, which the mirror does not build)."""
-        return None if self.stateful_columns is not None else fast_decoder(self.event_model)
+        """The feed's own ``decoder``, else the event model's msgspec mirror (``fast_decode``); None
+        if the model has no exact one (pydantic alone then validates the feed)."""
+        return self.decoder if self.decoder is not None else fast_decoder(self.event_model)
 
 
 @cache

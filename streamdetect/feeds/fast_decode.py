@@ -147,7 +147,7 @@ class FastDecoder:
                 times[name] = list(map(dt.datetime.fromisoformat, texts))
             except ValueError:  # e.g. 2013-02-29 matches the pattern: pydantic says what is wrong
                 kept = [k for k in (kept if kept is not None else range(n))
-                        if all(_parses(columns[other][k]) for other in self.times)]
+                        if all(parses_datetime(columns[other][k]) for other in self.times)]
                 return self._taking(kept, accepted, block, columns)
         if kept is not None:
             return self._taking(kept, accepted, block, columns)
@@ -179,7 +179,7 @@ class FastDecoder:
         return table
 
 
-def _parses(text: str) -> bool:
+def parses_datetime(text: str) -> bool:
     try:
         dt.datetime.fromisoformat(text)
     except ValueError:

@@ -39,19 +39,25 @@ model must be served with the featurization it was trained with.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Annotated
 
+import msgspec
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from offline.features.windows import MANIFEST_KEY, STATE_KEY, STATS_KEY, WindowConfig, fold_windows, stats_of_bundle, window_frame  # noqa: F401
 from streamdetect.feeds import EventTable, Feed
+from streamdetect.feeds.fast_decode import RFC3339, parses_datetime
 
 MAX_CHANNELS = 16
+MAX_READING = 1e12
+SENSOR_ID_PATTERN = r"^[A-Za-z0-9._:\-/]+$"
 
-Reading = Annotated[float, Field(strict=False, allow_inf_nan=False, ge=-1e12, le=1e12)]
+Reading = Annotated[float, Field(strict=False, allow_inf_nan=False, ge=-MAX_READING, le=MAX_READING)]
 
 
 class SensorEvent(BaseModel):
@@ -59,7 +65,7 @@ class SensorEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sensor_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-/]+$")]
+    sensor_id: Annotated[str, Field(min_length=1, max_length=128, pattern=SENSOR_ID_PATTERN)]
     event_time: dt.datetime
     value: Reading | Annotated[list[Reading], Field(min_length=1, max_length=MAX_CHANNELS)]
     event_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
@@ -75,27 +81,124 @@ class SensorEvent(BaseModel):
         return [float(v) for v in self.value] if isinstance(self.value, list) else [float(self.value)]
 
 
+class _SensorMirror(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
+    """msgspec's view of a ``SensorEvent`` (types, missing and unknown fields); the constraints are
+    checked on the batch by ``SensorDecoder``."""
+
+    sensor_id: str
+    event_time: str
+    value: float | list[float]
+    event_id: str | None = None
+
+
+class SensorDecoder:
+    """The sensor feed's first validation pass (``Feed.fast_decoder``; the generic mirror of
+    ``streamdetect.feeds.fast_decode`` cannot express the one-or-many ``value`` and the default
+    ``event_id``). Stricter than ``SensorEvent``: what it accepts, the model accepts with the same
+    values (``tests/test_fast_decode.py``); the rest goes on to pydantic, which words the dead letters.
+    Its table holds what ``EventTable.from_events`` of the validated events would: ``value`` as
+    decoded (a number, or a list for a multi-channel reading) and the defaulted ``event_id``."""
+
+    #: the table's fields, as ``FastDecoder`` names them
+    numbers: tuple[str, ...] = ()
+    times: tuple[str, ...] = ("event_time",)
+    texts: tuple[str, ...] = ("sensor_id", "value", "event_id")
+
+    def __init__(self):
+        self.decoder = msgspec.json.Decoder(_SensorMirror)
+        self.sensor_id = re.compile(SENSOR_ID_PATTERN[:-1] + r"\Z")
+        self.time = re.compile(RFC3339)
+
+    def accepts(self, event: _SensorMirror) -> bool:
+        value = event.value
+        if isinstance(value, list):
+            if not 1 <= len(value) <= MAX_CHANNELS or not all(-MAX_READING <= v <= MAX_READING for v in value):
+                return False
+        elif not -MAX_READING <= value <= MAX_READING:
+            return False
+        return (len(event.sensor_id) <= 128 and self.sensor_id.match(event.sensor_id) is not None  # the pattern needs >= 1 character
+                and self.time.match(event.event_time) is not None and parses_datetime(event.event_time)
+                and (event.event_id is None or 1 <= len(event.event_id) <= 200))
+
+    def decode(self, values: list[bytes]) -> tuple[list[int], EventTable]:
+        """(positions of the accepted values, their table); the others are for pydantic."""
+        try:  # the common case: every value decodes and passes, checked column by column
+            events = list(map(self.decoder.decode, values))
+            accepted = list(range(len(events)))
+            sensor_ids = list(map(_SENSOR_ID, events))
+            readings = list(map(_VALUE, events))
+            stamps = list(map(_EVENT_TIME, events))
+            scalar = np.fromiter(readings, dtype=np.float64, count=len(readings))  # TypeError if one is a list
+            if not (all(map(self.sensor_id.match, sensor_ids)) and max(map(len, sensor_ids), default=0) <= 128
+                    and all(map(self.time.match, stamps)) and (np.abs(scalar) <= MAX_READING).all()):
+                raise ValueError("a check failed")
+            times = list(map(dt.datetime.fromisoformat, stamps))
+            given = list(map(_EVENT_ID, events))
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, TypeError, ValueError):
+            return self._decode_each(values)
+        if None in given:  # the model's default id
+            given = [e if e is not None else f"{sensor}@{when.isoformat()}" for e, sensor, when in zip(given, sensor_ids, times)]
+        if max(map(len, given), default=1) > 200 or not all(given):
+            return self._decode_each(values)
+        table = EventTable(len(accepted), times={"event_time": times},
+                           texts={"sensor_id": sensor_ids, "value": readings, "event_id": given})
+        return accepted, table
+
+    def _decode_each(self, values: list[bytes]) -> tuple[list[int], EventTable]:
+        """One value at a time: a batch with a refused value, multi-channel readings or default ids."""
+        decode = self.decoder.decode
+        accepted, times, sensor_ids, readings, event_ids = [], [], [], [], []
+        for i, raw in enumerate(values):
+            try:
+                event = decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+                continue
+            if not self.accepts(event):
+                continue
+            when = dt.datetime.fromisoformat(event.event_time)
+            accepted.append(i)
+            times.append(when)
+            sensor_ids.append(event.sensor_id)
+            readings.append(event.value)
+            event_ids.append(event.event_id if event.event_id is not None else f"{event.sensor_id}@{when.isoformat()}")
+        table = EventTable(len(accepted), times={"event_time": times},
+                           texts={"sensor_id": sensor_ids, "value": readings, "event_id": event_ids})
+        return accepted, table
+
+
+_SENSOR_ID, _VALUE, _EVENT_TIME, _EVENT_ID = (attrgetter(name) for name in ("sensor_id", "value", "event_time", "event_id"))
+
+
+def _channel_lists(values: Sequence) -> list[list[float]]:
+    """Each reading's channel values as a list (a single number is one channel)."""
+    return [v if isinstance(v, list) else [v] for v in values]
+
+
 def featurize_windows(
     events: Sequence[SensorEvent], feed_state: dict, config: WindowConfig, stats: dict | None = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The worker's featurization of a batch of one partition: ``offline.features.windows.fold_windows``."""
+    """Windows of pydantic events (``offline.features.windows.fold_windows``); the worker's hook,
+    ``stateful_columns``, does the same from the batch's table."""
     return fold_windows([e.sensor_id for e in events], [e.values for e in events], feed_state, config, stats)
 
 
-def stateful_columns(events: Sequence[SensorEvent], feed_state: dict, bundle) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def stateful_columns(table: EventTable, feed_state: dict, bundle) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The pipeline's hook: windows with the bundle's window configuration and sensor statistics.
 
     A reading with the wrong number of channels for the model is returned as ready with NaN
     features, so that the pipeline dead-letters it (``featurize_error``) instead of skipping it."""
     config = WindowConfig.of_bundle(bundle)
-    columns, ready = featurize_windows(events, feed_state, config, stats_of_bundle(bundle))
-    wrong_shape = np.fromiter((len(e.values) != config.channels for e in events), dtype=bool, count=len(events))
+    readings = _channel_lists(table.text("value"))
+    columns, ready = fold_windows(table.text("sensor_id"), readings, feed_state, config, stats_of_bundle(bundle))
+    if config.channels == 1 and all(isinstance(v, float) for v in table.text("value")):
+        return columns, ready
+    wrong_shape = np.fromiter((len(r) != config.channels for r in readings), dtype=bool, count=table.n)
     return columns, ready | wrong_shape
 
 
 def sensor_columns(table: EventTable) -> dict[str, np.ndarray]:
-    """The stateless view (latest reading only); the worker uses ``featurize_windows``."""
-    return {"value": np.fromiter((e.values[0] for e in table.events), dtype=np.float64, count=table.n)}
+    """The stateless view (latest reading only); the worker uses ``stateful_columns``."""
+    return {"value": np.fromiter((r[0] for r in _channel_lists(table.text("value"))), dtype=np.float64, count=table.n)}
 
 
 def events_from_dataset(data, index: np.ndarray) -> list[dict]:
@@ -119,4 +222,5 @@ FEED = Feed(
     dataset="nab",
     events_from_dataset=events_from_dataset,
     stateful_columns=stateful_columns,
+    decoder=SensorDecoder(),
 )
