@@ -74,3 +74,11 @@ def test_windowed_gaussian_scores_the_outlier_highest():
     scores = WindowedGaussian(window=200, step=10).run(values)
     assert int(np.argmax(scores[20:])) + 20 == 400  # the first rows face a one-value window, as in NAB
     assert 0.5 <= scores[1:].min() and scores.max() <= 1.0
+
+
+def test_rhythmic_spikes_stop_alerting_and_alerts_match_the_threshold():
+    values = noisy_flat(3000, seed=5)
+    values[300::97] += 6.0  # a regular spike train: a rhythm, not a string of anomalies
+    scores, alerts = StreamingLikelihood().run(values)
+    assert alerts[1000:].sum() <= 2, np.flatnonzero(alerts)
+    assert (alerts == (scores >= Config().threshold)).all()  # the operating rule is the threshold
