@@ -23,6 +23,7 @@ CAD OSE 69.9, KNN CAD 58.0, RCF 51.7, Windowed Gaussian 39.6, Skyline 35.7, null
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -33,12 +34,16 @@ from tqdm.auto import tqdm
 
 from offline.data.nab import SERIES, load_nab
 from offline.data.settings import data_store
-from offline.detectors.streaming_likelihood import THRESHOLD, WG_THRESHOLD, Config, StreamingLikelihood, WindowedGaussian
+from offline.bundle import load_bundle
+from offline.detectors.streaming_likelihood import THRESHOLD, WARMUP, WG_THRESHOLD, Config, StreamingLikelihood, WindowedGaussian
 from offline.evaluation.benchmark import write_readme_section
 from offline.evaluation.nab_scorer import PROFILES, corpus_score, optimise_threshold, probationary_length, score_series
 
 RESULTS = Path(__file__).resolve().parent / "results" / "nab_official.csv"
-COLUMNS = ["detector", "rule", "profile", "score", "threshold", "tp", "fp", "fn", "windows_detected", "windows", "series"]
+COLUMNS = ["detector", "rule", "transport", "profile", "score", "threshold", "tp", "fp", "fn", "windows_detected", "windows",
+           "series", "series_alerting_as_in_process"]
+#: readings per worker batch in the Kafka replay (as ``nab_replay``'s)
+KAFKA_BATCH = 256
 
 
 def replay_ours(values: np.ndarray, timestamps: np.ndarray, config: Config | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +83,27 @@ def replay_hst(values: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.nda
     return scores, alerts
 
 
+def kafka_rows(detector: str, corpus: dict, alerts: dict[str, np.ndarray], threshold: float) -> list[dict]:
+    """The label-free rule's rows for alerts read back from the worker's alerts topic."""
+    rows = []
+    for profile in PROFILES.values():
+        per_series = [score_series(s.timestamps, s.windows, alerts[n], profile, probation=probationary_length(len(s)))
+                      for n, s in corpus.items()]
+        rows.append(_row(detector, "label-free", profile.name, corpus_score(per_series), threshold, len(corpus), "kafka"))
+    return rows
+
+
+def likelihood_bundle(directory: Path, corpus: dict, scores: dict[str, np.ndarray], config: Config | None = None) -> Path:
+    """One streaming-likelihood bundle for every series: its calibration scores (for the p-values the
+    worker reports beside the detector's own rule) are the emitted scores of each series' probationary
+    period after the detector's warm-up (no labels)."""
+    from offline.training.train import save_likelihood_bundle
+
+    calibration = np.concatenate([scores[n][WARMUP: probationary_length(len(s))] for n, s in corpus.items()])
+    return save_likelihood_bundle(directory, calibration, config or Config(),
+                                  dataset=f"NAB probationary periods ({len(corpus)} series), no labels")
+
+
 def score_rows(detector: str, corpus: dict, scores: dict[str, np.ndarray], alerts: dict[str, np.ndarray] | None,
                label_free_threshold: float) -> list[dict]:
     """Rows for one detector: label-free rule (``alerts`` if given, else scores >= threshold) and NAB's oracle."""
@@ -97,8 +123,8 @@ def score_rows(detector: str, corpus: dict, scores: dict[str, np.ndarray], alert
     return rows
 
 
-def _row(detector, rule, profile, corpus, threshold, n_series) -> dict:
-    return {"detector": detector, "rule": rule, "profile": profile, "score": round(corpus.normalised, 2),
+def _row(detector, rule, profile, corpus, threshold, n_series, transport="in-process") -> dict:
+    return {"detector": detector, "rule": rule, "transport": transport, "profile": profile, "score": round(corpus.normalised, 2),
             "threshold": float(threshold), "tp": corpus.tp, "fp": corpus.fp, "fn": corpus.fn,
             "windows_detected": corpus.windows_detected, "windows": corpus.windows, "series": n_series}
 
@@ -110,8 +136,8 @@ SCOREBOARD = ("Numenta HTM 70.1, ARTime 74.9, CAD OSE 69.9, KNN CAD 58.0, Random
 def readme_table(table: pd.DataFrame) -> str:
     """The NAB-score table of benchmarks/README.md, from the rows of nab_official.csv."""
     lines = ["## NAB, scored with NAB's own rules", "",
-             "Command: `python -m benchmarks.nab_official` (rows in `benchmarks/results/nab_official.csv`). Every series "
-             "of the mirror replayed in order through each detector in-process; scored by our port of NAB's scorer "
+             "Command: `python -m benchmarks.nab_official --transport kafka` (rows in `benchmarks/results/nab_official.csv`). "
+             "Every series of the mirror replayed in order through each detector in-process; scored by our port of NAB's scorer "
              "(`offline/evaluation/nab_scorer.py`, which reproduces NAB's `results/final_results.json` for all 45 "
              "detector/profile pairs: `benchmarks/results/nab_scorer_validation.json`), probation "
              "min(floor(0.15 n), 750), normalised against the null and perfect detectors over these series. "
@@ -119,13 +145,21 @@ def readme_table(table: pd.DataFrame) -> str:
              "optimised over the corpus with its labels, an oracle. The streaming-likelihood configuration was "
              "partly tuned on this same corpus (`TUNING_LOG` in `offline/detectors/streaming_likelihood.py`): "
              "in-sample figures.", "",
-             "| detector | rule | standard | reward low FP | reward low FN | windows found (standard) | FP (standard) |",
-             "|---|---|---|---|---|---|---|"]
-    for (detector, rule), group in table.groupby(["detector", "rule"], sort=False):
+             "| detector | rule | transport | standard | reward low FP | reward low FN | windows found (standard) | FP (standard) |",
+             "|---|---|---|---|---|---|---|---|"]
+    table = table.fillna({"transport": "in-process"})
+    for (detector, rule, transport), group in table.groupby(["detector", "rule", "transport"], sort=False):
         by = group.set_index("profile")
         std = by.loc["standard"]
-        lines.append(f"| {detector} | {rule} | {by.loc['standard', 'score']:.2f} | {by.loc['reward_low_FP_rate', 'score']:.2f} | "
-                     f"{by.loc['reward_low_FN_rate', 'score']:.2f} | {int(std['windows_detected'])}/{int(std['windows'])} | {int(std['fp'])} |")
+        lines.append(f"| {detector} | {rule} | {transport} | {by.loc['standard', 'score']:.2f} | "
+                     f"{by.loc['reward_low_FP_rate', 'score']:.2f} | {by.loc['reward_low_FN_rate', 'score']:.2f} | "
+                     f"{int(std['windows_detected'])}/{int(std['windows'])} | {int(std['fp'])} |")
+    kafka = table[table["transport"] == "kafka"]
+    if len(kafka):
+        same = int(kafka["series_alerting_as_in_process"].iloc[0])
+        lines += ["", f"Through Kafka (`--transport kafka`: an embedded Tansu broker and the worker process serving the "
+                      f"streaming-likelihood bundle, alerts read back from the alerts topic), {same} of "
+                      f"{int(kafka['series'].iloc[0])} series alert on exactly the readings the in-process replay alerts on."]
     lines += ["", f"NAB's scoreboard (standard profile, its full 58-series corpus, so only indicative here): {SCOREBOARD}."]
     return "\n".join(lines)
 
@@ -135,7 +169,10 @@ def readme_table(table: pd.DataFrame) -> str:
 @click.option("--output", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
 @click.option("--per-series", is_flag=True, help="also print ours' standard score per series (label-free rule)")
 @click.option("--skip", multiple=True, type=click.Choice(["hst"]), help="leave a baseline out (river HST takes most of the time)")
-def main(only, output, per_series, skip):
+@click.option("--transport", type=click.Choice(["in-process", "kafka"]), default="in-process", show_default=True,
+              help="kafka: also replay every series through a broker and the worker process serving the streaming likelihood")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/nab-official"), show_default=True)
+def main(only, output, per_series, skip, transport, workdir):
     """Replay NAB through the streaming likelihood detector and the windowed Gaussian; NAB scores."""
     corpus = load_nab(data_store(), list(only) or list(SERIES))
     started = time.perf_counter()
@@ -150,6 +187,21 @@ def main(only, output, per_series, skip):
     rows += score_rows("windowed-gaussian", corpus, wg_scores, None, WG_THRESHOLD)
     if "hst" not in skip:
         rows += score_rows("hst", corpus, hst_scores, hst_alerts, 1.0 - HST_P)
+    if transport == "kafka":
+        from benchmarks.nab_kafka import replay_series_through_kafka
+        from streamdetect.settings import get_settings
+
+        shutil.rmtree(workdir, ignore_errors=True)
+        bundle = load_bundle(likelihood_bundle(workdir / "bundle", corpus, ours_scores))
+        through = replay_series_through_kafka(corpus, {name: bundle for name in corpus}, budget_per_hour=None,
+                                              target_rate=0.01, batch_size=KAFKA_BATCH, base=get_settings(),
+                                              workdir=workdir, log_name="worker-streaming-likelihood")
+        kafka_alerts = {name: mask for name, (mask, _) in through.items()}
+        same = [n for n in corpus if np.array_equal(kafka_alerts[n], ours_alerts[n])]
+        rows += [{**row, "series_alerting_as_in_process": len(same)}
+                 for row in kafka_rows("streaming-likelihood", corpus, kafka_alerts, THRESHOLD)]
+        click.echo(f"through Kafka: {len(same)} of {len(corpus)} series alert on exactly the readings of the in-process replay; "
+                   f"differ: {sorted(set(corpus) - set(same))}")
     table = pd.DataFrame(rows, columns=COLUMNS)
     output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)

@@ -21,6 +21,7 @@ import orjson
 from pydantic import ValidationError
 
 from offline.bundle import Bundle
+from offline.features.sensor_likelihood import THRESHOLD_KEY
 from streamdetect import scoring
 from streamdetect.feeds import EventTable, Feed
 from streamdetect.kafka.records import alert_id
@@ -287,6 +288,7 @@ def process_batch(
         dead_by_partition[letter["partition"]] = dead_by_partition.get(letter["partition"], 0) + 1
     alert_rows: list[tuple[int, float, float]] = []
     calibration = bundle.calibration_scores
+    fixed_threshold = (bundle.manifest.get("extra") or {}).get(THRESHOLD_KEY)  # the model's own operating rule, if any
     for partition in np.unique(partitions).tolist():
         rows = np.flatnonzero(partitions == partition)
         state = states.get(partition)
@@ -296,7 +298,8 @@ def process_batch(
         state.observe_model(version)  # a swapped model starts its key levels and drift detectors afresh
         # event times only matter to an alert budget (per hour of event time)
         event_times = table.epoch_seconds("event_time")[rows] if state.budget.per_hour is not None else None
-        result = apply_thresholds(state, part_keys, scores[rows], calibration, rate=rate, event_times=event_times)
+        result = apply_thresholds(state, part_keys, scores[rows], calibration, rate=rate, event_times=event_times,
+                                  fixed_threshold=fixed_threshold)
         output.suppressed += result.suppressed
         if state.drift is not None:  # drift is judged on the calibrated p-values, before any per-key adaptation
             state.drift.feed = feed.name

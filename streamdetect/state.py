@@ -170,7 +170,15 @@ def state_key(feed: str, partition: int) -> str:
 
 
 def checkpoint_value(feed: str, partition: int, state_dict: dict) -> bytes:
-    return orjson.dumps({"feed": feed, "partition": partition, "written_at": time.time(), **state_dict})
+    """The checkpoint's JSON; a live object in the feed state (a sensor's streaming detector) goes in as its ``to_dict()``."""
+    return orjson.dumps({"feed": feed, "partition": partition, "written_at": time.time(), **state_dict}, default=_as_dict)
+
+
+def _as_dict(value: Any) -> dict:
+    to_dict = getattr(value, "to_dict", None)
+    if to_dict is None:
+        raise TypeError(f"{type(value).__name__} cannot go into a state checkpoint")
+    return to_dict()
 
 
 async def read_latest_states(

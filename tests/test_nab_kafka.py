@@ -47,3 +47,22 @@ def test_kafka_replay_gives_the_in_process_alerts(corpus, settings, tmp_path):
         # the per-key level moves once per batch, and Kafka's batches are not the replay's: allow a few alerts to differ
         differ = int((kafka_alerts != in_process).sum())
         assert differ <= max(2, 0.1 * in_process.sum()), f"{name}: {differ} alerts differ of {int(in_process.sum())}"
+
+
+@pytest.mark.integration
+def test_the_streaming_likelihood_through_kafka_alerts_on_the_readings_it_alerts_on_in_process(corpus, settings, tmp_path):
+    """One streaming-likelihood bundle for both series (nothing trained): the worker process, fed
+    through the broker in its own batches, alerts on exactly the readings the detector alerts on."""
+    from offline.training.train import save_likelihood_bundle
+    from offline.detectors.streaming_likelihood import Config, StreamingLikelihood
+
+    bundle = bundles.load_bundle(save_likelihood_bundle(tmp_path / "v0001", np.linspace(0, 0.3, 500), Config(),
+                                                        dataset="test"))
+    through_kafka = replay_series_through_kafka(corpus, {name: bundle for name in SERIES}, budget_per_hour=None,
+                                                target_rate=0.01, batch_size=nab_replay.BATCH, base=settings,
+                                                workdir=tmp_path / "kafka", log_name="worker")
+    for name in SERIES:
+        _, in_process = StreamingLikelihood().run(corpus[name].values, corpus[name].timestamps)
+        kafka_alerts, _ = through_kafka[name]
+        assert in_process.any(), name
+        np.testing.assert_array_equal(kafka_alerts, in_process, err_msg=name)

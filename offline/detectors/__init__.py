@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "labelled": "offline.detectors.labelled:LabelledStageDetector",
     "iforest": "offline.detectors.baselines:IsolationForestDetector",
     "hst": "offline.detectors.baselines:HalfSpaceTreesDetector",
+    "streaming-likelihood": "offline.detectors.sensor_likelihood:StreamingLikelihoodDetector",
     "ocsvm": "offline.detectors.ocsvm:OneClassSVMDetector",
     "knn": "offline.detectors.knn:KNNDetector",
     "dcgan": "offline.detectors.gan.dcgan:DCGANDetector",

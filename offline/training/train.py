@@ -22,6 +22,8 @@ import pandas as pd
 from offline import bundle as bundles
 from offline.data import DataStore, TabularData, load_tabular, TABULAR_LOADERS
 from offline.detectors import REGISTRY, Detector, keyword_params, make_detector
+from offline.detectors.sensor_likelihood import StreamingLikelihoodDetector
+from offline.detectors.streaming_likelihood import Config
 from offline.metrics import (
     oracle_best_f1_threshold,
     ranking_metrics,
@@ -29,6 +31,7 @@ from offline.metrics import (
     thresholded_metrics,
 )
 from offline.features.schema import FeatureSchema
+from offline.features.sensor_likelihood import COLUMN as LIKELIHOOD_COLUMN, MANIFEST_KEY as LIKELIHOOD_KEY, THRESHOLD_KEY
 from offline.training.presets import max_train_rows, preset_params
 from offline.training.protocols import Split, kdd_normal_traffic_split, nsl_kdd_split, time_ordered_split
 
@@ -216,6 +219,19 @@ def main(model, dataset, target_class, preset, epochs, seed, params, feed, regis
     for rule in [k for k in report if k.startswith("val-fpr") or k == "oracle-best-f1"]:
         m = report[rule]
         click.echo(f"  {rule}: precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f} (threshold {m['threshold']:.4g})")
+
+
+def save_likelihood_bundle(directory: Path, calibration_scores: np.ndarray, config: Config, *, dataset: str) -> Path:
+    """A sensor-readings bundle serving the streaming likelihood with ``config`` (nothing to train:
+    ``calibration_scores`` are emitted scores of normal readings, for the worker's p-values)."""
+    calibration = np.asarray(calibration_scores, dtype=np.float64)
+    schema = FeatureSchema(numeric=[LIKELIHOOD_COLUMN], mean=[0.0], std=[1.0])  # the emitted score, unchanged
+    bundles.save_bundle(directory, detector=StreamingLikelihoodDetector(threshold=config.threshold), schema=schema,
+                        calibration_scores=calibration, feed="sensor-readings", dataset=dataset,
+                        score_definition="streaming likelihood of the sensor's readings (alert: score >= threshold)",
+                        training_fingerprint=bundles.array_fingerprint(calibration[:, None]),
+                        extra={LIKELIHOOD_KEY: config.to_dict(), THRESHOLD_KEY: config.threshold})
+    return Path(directory)
 
 
 if __name__ == "__main__":

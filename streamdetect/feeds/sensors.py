@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from offline.features.sensor_likelihood import COLUMN as LIKELIHOOD_COLUMN, config_of_manifest, fold_likelihood
 from offline.features.windows import MANIFEST_KEY, STATE_KEY, STATS_KEY, WindowConfig, fold_windows, stats_of_bundle, window_frame  # noqa: F401
 from streamdetect.feeds import EventTable, Feed
 from streamdetect.feeds.fast_decode import RFC3339, parses_datetime
@@ -187,6 +188,9 @@ def stateful_columns(table: EventTable, feed_state: dict, bundle) -> tuple[dict[
 
     A reading with the wrong number of channels for the model is returned as ready with NaN
     features, so that the pipeline dead-letters it (``featurize_error``) instead of skipping it."""
+    likelihood = config_of_manifest(bundle.manifest)
+    if likelihood is not None:  # the per-sensor streaming likelihood (single-channel readings)
+        return _likelihood_columns(table, feed_state, likelihood)
     config = WindowConfig.of_bundle(bundle)
     readings = _channel_lists(table.text("value"))
     columns, ready = fold_windows(table.text("sensor_id"), readings, feed_state, config, stats_of_bundle(bundle))
@@ -194,6 +198,22 @@ def stateful_columns(table: EventTable, feed_state: dict, bundle) -> tuple[dict[
         return columns, ready
     wrong_shape = np.fromiter((len(r) != config.channels for r in readings), dtype=bool, count=table.n)
     return columns, ready | wrong_shape
+
+
+def _likelihood_columns(table: EventTable, feed_state: dict, config) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every reading is ready (a detector scores 0 while it warms up); a multi-channel reading gets a
+    NaN feature, so that the pipeline dead-letters it (``featurize_error``)."""
+    values = table.text("value")
+    single = [v if not isinstance(v, list) else (v[0] if len(v) == 1 else None) for v in values]
+    rows = [i for i, v in enumerate(single) if v is not None]
+    scores = np.full(table.n, np.nan)
+    if rows:
+        sensor_ids, times = table.text("sensor_id"), table.epoch_seconds("event_time")
+        taken = rows if len(rows) < table.n else None
+        scores[rows if taken else slice(None)] = fold_likelihood(
+            [sensor_ids[i] for i in rows] if taken else sensor_ids, [single[i] for i in rows] if taken else single,
+            times[rows].tolist() if taken else times.tolist(), feed_state, config)
+    return {LIKELIHOOD_COLUMN: scores}, np.ones(table.n, dtype=bool)
 
 
 def sensor_columns(table: EventTable) -> dict[str, np.ndarray]:
