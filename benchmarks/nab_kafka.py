@@ -50,6 +50,7 @@ class OutputReader:
         self.kafka, self.topics = kafka, settings.topics
         self.alerted: dict[str, set[int]] = {}  # sensor -> rows alerted
         self.scored_by: dict[str, dict[int, str]] = {}  # sensor -> row -> model version that scored it
+        self.flagged: dict[str, set[int]] = {}  # sensor -> rows its scores records say alerted (alerts travel apart)
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -70,9 +71,15 @@ class OutputReader:
                     if tp.topic == self.topics.alerts:
                         self.alerted.setdefault(value["key"], set()).add(_row(value["event_id"]))
                     else:
-                        for event_id in value["event_ids"]:
+                        for event_id, alerted in zip(value["event_ids"], value["alerted"]):
                             sensor = event_id.rsplit("-", 1)[0]
                             self.scored_by.setdefault(sensor, {})[_row(event_id)] = value["model_version"]
+                            if alerted:
+                                self.flagged.setdefault(sensor, set()).add(_row(event_id))
+
+    def settled(self, sensor: str, last: int) -> bool:
+        """The sensor's reading ``last`` is scored and every alert its scores records announce has arrived."""
+        return last in self.scored_by.get(sensor, {}) and self.flagged.get(sensor, set()) <= self.alerted.get(sensor, set())
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -140,8 +147,8 @@ async def _replay_all(corpus, names, versions, registry, settings, kafka, worker
             messages = events_of(series)
             await produce(kafka, settings.topics.sensor_readings, messages, [series.sensor_id.encode()] * len(messages))
             last = len(messages) - 1
-            await reader.until(lambda: last in reader.scored_by.get(series.sensor_id, {}), timeout=900,
-                               what=f"{name}: score of its last reading")
+            await reader.until(lambda: reader.settled(series.sensor_id, last), timeout=900,
+                               what=f"{name}: score of its last reading and every alert announced")
             scored = reader.scored_by[series.sensor_id]
             wrong = {v for v in scored.values() if v != version}
             if wrong:

@@ -23,6 +23,7 @@ CAD OSE 69.9, KNN CAD 58.0, RCF 51.7, Windowed Gaussian 39.6, Skyline 35.7, null
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -173,7 +174,10 @@ def readme_table(table: pd.DataFrame) -> str:
               help="kafka: also replay every series through a broker and the worker process serving the streaming likelihood")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/nab-official"), show_default=True)
 def main(only, output, per_series, skip, transport, workdir):
-    """Replay NAB through the streaming likelihood detector and the windowed Gaussian; NAB scores."""
+    """Replay NAB through the streaming likelihood detector, the windowed Gaussian and river HST; NAB scores."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     corpus = load_nab(data_store(), list(only) or list(SERIES))
     started = time.perf_counter()
     ours_scores, ours_alerts, wg_scores, hst_scores, hst_alerts = {}, {}, {}, {}, {}
