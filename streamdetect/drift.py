@@ -145,19 +145,23 @@ class DriftMonitor:
         self.outbox: list[dict] = []  # drift messages not yet published (the worker drains it; not checkpointed)
 
     def _get(self, key: str) -> PValueDrift:
-        detector = self.keys.pop(key, None) or PValueDrift(**self.params)
-        self.keys[key] = detector
+        detector = self.keys.get(key)
+        if detector is not None:
+            self.keys.move_to_end(key)
+            return detector
+        detector = self.keys[key] = PValueDrift(**self.params)
         while len(self.keys) > self.max_keys:
             self.keys.popitem(last=False)
         return detector
 
     def update_batch(self, keys: Sequence[str], values: np.ndarray, *, model_version: str,
-                     event_times: Sequence | None = None, partition: int | None = None) -> list[DriftEvent]:
+                     event_times: Sequence | None = None, partition: int | None = None,
+                     groups: dict | None = None) -> list[DriftEvent]:
         """Feed each key's detector its values (grouped by key, in order); ``event_times`` (datetimes
-        or strings) label the drift events."""
+        or strings) label the drift events. ``groups``: ``rows_by_key(keys)``, when the caller has it."""
         values = np.asarray(values, dtype=np.float64).tolist()
         events = []
-        for key, rows in rows_by_key(keys).items():
+        for key, rows in (groups if groups is not None else rows_by_key(keys)).items():
             detector = self._get(key)
             for hit in detector.update_many([values[r] for r in rows] if len(rows) < len(values) else values):
                 evidence = detector.evidence()

@@ -26,7 +26,7 @@ from streamdetect import scoring
 from streamdetect.feeds import EventTable, Feed
 from streamdetect.kafka.records import alert_id
 from streamdetect.state import PartitionState
-from streamdetect.thresholds import apply_thresholds, p_values
+from streamdetect.thresholds import apply_thresholds, p_values, rows_by_key
 
 
 @dataclass
@@ -298,14 +298,15 @@ def process_batch(
         state.observe_model(version)  # a swapped model starts its key levels and drift detectors afresh
         # event times only matter to an alert budget (per hour of event time)
         event_times = table.epoch_seconds("event_time")[rows] if state.budget.per_hour is not None else None
+        groups = rows_by_key(part_keys) if len(part_keys) > 1 else None  # thresholds and drift both group by key
         result = apply_thresholds(state, part_keys, scores[rows], calibration, rate=rate, event_times=event_times,
-                                  fixed_threshold=fixed_threshold)
+                                  fixed_threshold=fixed_threshold, groups=groups)
         output.suppressed += result.suppressed
         if state.drift is not None:  # drift is judged on the calibrated p-values, before any per-key adaptation
             state.drift.feed = feed.name
             raw = p_values(scores[rows], calibration)
             for event in state.drift.update_batch(part_keys, raw, model_version=version, partition=partition,
-                                                  event_times=_take(times, rows)):
+                                                  event_times=_take(times, rows), groups=groups):
                 output.drift_events.append(event.to_message())
         if false_alarms and result.alerted.any():
             output.suppressed_by_label += _suppress_known_false_alarms(result.alerted, rows, false_alarms, bundle, X, columns,
@@ -386,22 +387,29 @@ def _suppress_known_false_alarms(alerted: np.ndarray, rows: np.ndarray, false_al
 def _stateful_columns(feed: Feed, valid: list[InputRecord], table: EventTable, bundle: Bundle,
                       states: dict[int, PartitionState], new_state):
     """Featurize with per-partition feed state (``feed.stateful_columns``), partition by partition
-    in offset order; drops the events that are not ready (returned as a count)."""
-    by_partition: dict[int, list[int]] = {}
-    for row, record in enumerate(valid):
-        by_partition.setdefault(record.partition, []).append(row)
-    parts, order = [], []
-    for partition, rows in by_partition.items():
+    (each in offset order); the events keep their input order, and those not ready are dropped
+    (returned as a count)."""
+    partitions = np.fromiter(map(_PARTITION, valid), dtype=np.int64, count=len(valid))
+    distinct = np.unique(partitions).tolist()
+    columns: dict[str, np.ndarray] = {}
+    ready = np.zeros(len(valid), dtype=bool)
+    for partition in distinct:
         state = states.get(partition)
         if state is None:
             state = states[partition] = new_state()
-        part = table if len(rows) == table.n else table.take(rows)
-        columns, ready = feed.stateful_columns(part, state.feed_state, bundle)
-        parts.append((columns, ready))
-        order += [r for r, ok in zip(rows, ready.tolist()) if ok]
-    names = list(parts[0][0])
-    columns = {name: np.concatenate([c[name][ready] for c, ready in parts]) for name in names}
-    return [valid[r] for r in order], table.take(order), columns, len(valid) - len(order)
+        rows = np.flatnonzero(partitions == partition) if len(distinct) > 1 else None
+        part = table if rows is None else table.take(rows.tolist())
+        part_columns, part_ready = feed.stateful_columns(part, state.feed_state, bundle)
+        if rows is None:
+            columns, ready = part_columns, part_ready
+            break
+        for name, values in part_columns.items():
+            columns.setdefault(name, np.empty(len(valid), dtype=values.dtype))[rows] = values
+        ready[rows] = part_ready
+    if ready.all():
+        return valid, table, columns, 0
+    kept = np.flatnonzero(ready).tolist()
+    return [valid[r] for r in kept], table.take(kept), {name: values[kept] for name, values in columns.items()}, len(valid) - len(kept)
 
 
 def _take(values: Sequence, rows: np.ndarray) -> list:

@@ -112,11 +112,11 @@ class PartitionState:
             out[key] = max(1.0, median / calibration_median) if median is not None else 1.0
         return out
 
-    def update(self, keys: Sequence[str], scores: np.ndarray) -> None:
-        # grouped by key, in order: one bulk update per key
+    def update(self, keys: Sequence[str], scores: np.ndarray, groups: dict | None = None) -> None:
+        # grouped by key, in order: one bulk update per key (``groups``: rows_by_key(keys), when the caller has it)
         values = scores.tolist()
         levels = self.keys
-        for key, rows in rows_by_key(keys).items():
+        for key, rows in (groups if groups is not None else rows_by_key(keys)).items():
             level = levels.get(key)
             if level is None:
                 level = levels[key] = KeyLevel(self.window)
@@ -133,7 +133,7 @@ class PartitionState:
             "warmup": self.warmup,
             "next_offset": self.next_offset,
             "keys": {key: {"count": level.count, "values": list(level.values)} for key, level in self.keys.items()},
-            "feed_state": self.feed_state,
+            "feed_state": plain(self.feed_state),
             "budget": self.budget.to_dict(),
             "drift": self.drift.to_dict() if self.drift is not None else None,
             "model_version": self.model_version,
@@ -170,15 +170,16 @@ def state_key(feed: str, partition: int) -> str:
 
 
 def checkpoint_value(feed: str, partition: int, state_dict: dict) -> bytes:
-    """The checkpoint's JSON; a live object in the feed state (a sensor's streaming detector) goes in as its ``to_dict()``."""
-    return orjson.dumps({"feed": feed, "partition": partition, "written_at": time.time(), **state_dict}, default=_as_dict)
+    return orjson.dumps({"feed": feed, "partition": partition, "written_at": time.time(), **state_dict})
 
 
-def _as_dict(value: Any) -> dict:
+def plain(value: Any) -> Any:
+    """A feed state as JSON-able builtins: the live objects a featurization keeps there (a sensor's
+    window store, its streaming detectors) become their ``to_dict()``; dicts are walked."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
     to_dict = getattr(value, "to_dict", None)
-    if to_dict is None:
-        raise TypeError(f"{type(value).__name__} cannot go into a state checkpoint")
-    return to_dict()
+    return to_dict() if to_dict is not None else value
 
 
 async def read_latest_states(

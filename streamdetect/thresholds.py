@@ -86,14 +86,15 @@ class ThresholdResult:
 
 def apply_thresholds(
     state: "PartitionState", keys: Sequence[str], scores: np.ndarray, calibration_sorted: np.ndarray, *, rate: float,
-    event_times: Sequence[float] | None = None, fixed_threshold: float | None = None,
+    event_times: Sequence[float] | None = None, fixed_threshold: float | None = None, groups: dict | None = None,
 ) -> ThresholdResult:
     """p-values and alert decisions of one partition's batch, then fold the batch into ``state``.
 
     With ``event_times`` (unix seconds) and a budget configured, alerts beyond a key's budget per
     hour are suppressed (``result.suppressed``). ``fixed_threshold``: the bundle's own operating
     rule (a detector that adapts per key itself, e.g. the streaming likelihood): alert when the score
-    is at least that, instead of the conformal p-value below ``rate`` and the key levels."""
+    is at least that, instead of the conformal p-value below ``rate`` and the key levels. ``groups``:
+    ``rows_by_key(keys)``, when the caller has it (the drift detectors need it too)."""
     scores = np.asarray(scores, dtype=np.float64)
     n = len(calibration_sorted)  # sorted: the median is its middle (np.median would sort it again)
     calibration_median = max(float(calibration_sorted[(n - 1) // 2] + calibration_sorted[n // 2]) / 2.0, 1e-12) if n else 1e-12
@@ -108,7 +109,7 @@ def apply_thresholds(
             np.fromiter(map(by_key.__getitem__, keys), dtype=np.float64, count=len(keys))
         p = p_values(scores / factors, calibration_sorted)
         thresholds = score_threshold(calibration_sorted, rate) * factors
-        state.update(keys, scores)
+        state.update(keys, scores, groups)
         alerted = p < rate
     suppressed = 0
     if event_times is not None and state.budget.per_hour is not None and alerted.any():

@@ -11,6 +11,7 @@ from streamdetect.budget import AlertBudget
 from streamdetect.drift import DriftMonitor, PValueDrift
 from streamdetect.feeds import get_feed
 from streamdetect.feeds.sensors import SensorEvent, featurize_windows
+from streamdetect.state import plain
 
 
 def _events(values, sensor="s1"):
@@ -35,7 +36,7 @@ def test_windows_split_across_batches_equal_one_pass_and_survive_json():
     state: dict = {}
     parts = []
     for chunk in (slice(0, 37), slice(37, 150), slice(150, 300)):
-        state = json.loads(json.dumps(state))  # a checkpoint round trip between batches (a restart)
+        state = json.loads(json.dumps(plain(state)))  # a checkpoint round trip between batches (a restart)
         columns, ready = featurize_windows(_events(values)[chunk], state, config)
         parts.append((np.column_stack([columns[n] for n in config.names()]), ready))
     X = np.concatenate([p[0] for p in parts])

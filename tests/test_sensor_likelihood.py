@@ -15,7 +15,7 @@ from offline.training.train import save_likelihood_bundle
 from offline.features.sensor_likelihood import STATE_KEY, fold_likelihood
 from streamdetect import pipeline
 from streamdetect.feeds import get_feed
-from streamdetect.state import PartitionState, checkpoint_value
+from streamdetect.state import PartitionState, checkpoint_value, plain
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -37,7 +37,7 @@ def test_fold_gives_the_detectors_scores_across_batches_and_a_checkpoint():
     for start, stop in ((0, 333), (333, 800), (800, 1200)):
         out.append(fold_likelihood(["pump"] * (stop - start), values[start:stop].tolist(), times[start:stop].tolist(),
                                    state, Config()))
-        state = orjson.loads(checkpoint_value("sensor-readings", 0, {"feed_state": state}))["feed_state"]  # a restart
+        state = orjson.loads(checkpoint_value("sensor-readings", 0, {"feed_state": plain(state)}))["feed_state"]  # a restart
         assert isinstance(state[STATE_KEY]["pump"], dict)
     ours = np.concatenate(out)
     np.testing.assert_array_equal(ours >= 0.5, alerts)

@@ -5,8 +5,8 @@ is served by running one :class:`~offline.detectors.streaming_likelihood.Streami
 sensor over its readings in arrival order; the one feature of a reading is the detector's emitted
 score (``likelihood``), which the bundle's model passes through (``streaming-likelihood``). The
 detectors live in the partition's feed state (``feed_state[STATE_KEY][sensor]``): live objects while
-the worker runs, their ``to_dict()`` in a checkpoint (``streamdetect.state.checkpoint_value``
-serialises anything with a ``to_dict``), turned back into detectors when a sensor is next seen.
+the worker runs, their ``to_dict()`` in a checkpoint (``PartitionState.to_dict``), turned back into
+detectors when a sensor is next seen.
 
 The detector's own operating rule (``alert == score >= threshold``) travels in the bundle as
 ``extra.score_threshold``. A non-alerting score is kept below the threshold in float32, the

@@ -192,10 +192,12 @@ def stateful_columns(table: EventTable, feed_state: dict, bundle) -> tuple[dict[
     if likelihood is not None:  # the per-sensor streaming likelihood (single-channel readings)
         return _likelihood_columns(table, feed_state, likelihood)
     config = WindowConfig.of_bundle(bundle)
-    readings = _channel_lists(table.text("value"))
+    values = table.text("value")
+    if config.channels == 1 and all(isinstance(v, float) for v in values):  # the common case: one number each
+        readings = np.fromiter(values, dtype=np.float64, count=table.n)[:, None]
+        return fold_windows(table.text("sensor_id"), readings, feed_state, config, stats_of_bundle(bundle))
+    readings = _channel_lists(values)
     columns, ready = fold_windows(table.text("sensor_id"), readings, feed_state, config, stats_of_bundle(bundle))
-    if config.channels == 1 and all(isinstance(v, float) for v in table.text("value")):
-        return columns, ready
     wrong_shape = np.fromiter((len(r) != config.channels for r in readings), dtype=bool, count=table.n)
     return columns, ready | wrong_shape
 
