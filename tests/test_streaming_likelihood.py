@@ -82,3 +82,46 @@ def test_rhythmic_spikes_stop_alerting_and_alerts_match_the_threshold():
     scores, alerts = StreamingLikelihood().run(values)
     assert alerts[1000:].sum() <= 2, np.flatnonzero(alerts)
     assert (alerts == (scores >= Config().threshold)).all()  # the operating rule is the threshold
+
+
+def test_weekly_feature_state_round_trip_gives_identical_scores():
+    rng = np.random.default_rng(7)
+    n = 24 * 7 * 5  # five weeks of hourly readings: the day and week ring buffers are both on
+    hours = np.arange(n)
+    values = 50.0 + 20.0 * np.sin(2 * np.pi * hours / 24) + 10.0 * (hours % 168 >= 120) + rng.normal(0, 1, n)
+    values[700:724] -= 10.0  # a weekday that looks like a weekend day
+    times = hours * 3600.0
+    one = StreamingLikelihood()
+    for v, t in zip(values[:400], times[:400]):
+        one.update(v, t)
+    assert len(one.week) == 168  # a week of hourly values
+    state = json.loads(json.dumps(one.to_dict()))  # JSON-able
+    two = StreamingLikelihood.from_dict(state)
+    assert two.to_dict() == one.to_dict()
+    rest = [(one.update(v, t), two.update(v, t)) for v, t in zip(values[400:], times[400:])]
+    assert all(a == b for a, b in rest)
+
+
+def test_daily_pattern_is_explained_and_a_changed_day_alerts():
+    rng = np.random.default_rng(1)
+    n = 288 * 14  # two weeks of 5-minute readings of a daily square wave with small noise
+    phase = np.arange(n) % 288
+    values = np.where((phase >= 100) & (phase < 200), 80.0, 20.0) + rng.normal(0.0, 1.0, n)
+    times = np.arange(n) * 300.0
+    _, alerts = StreamingLikelihood().run(values, times)
+    assert not alerts[600:].any(), np.flatnonzero(alerts)  # the daily steps are explained by the day before
+    values[3000:3100] = 20.0 + rng.normal(0.0, 1.0, 100)  # the high phase of one day is missing
+    _, alerts = StreamingLikelihood().run(values, times)
+    hits = np.flatnonzero(alerts[600:]) + 600
+    assert len(hits) >= 1 and 3000 <= hits[0] <= 3010, hits
+
+
+def test_a_new_extreme_alerts_inside_the_refractory_period_of_a_likelihood_alert():
+    rng = np.random.default_rng(1)
+    values = 10.0 + rng.normal(0.0, 0.1, 1500)
+    values[300] += 10.0  # an early excursion makes the range wide
+    values[1000:1010] += 2.0  # a burst inside the range: a likelihood alert, not a spatial one
+    values[1006] += 25.0  # a new all-time extreme 4 values later
+    scores, alerts = StreamingLikelihood().run(values)
+    assert alerts[1000:1006].any() and alerts[1006], np.flatnonzero(alerts)
+    assert (alerts == (scores >= Config().threshold)).all()
