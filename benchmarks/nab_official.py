@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from offline.data.nab import SERIES, load_nab
 from offline.data.settings import data_store
 from offline.bundle import load_bundle
-from offline.detectors.streaming_likelihood import THRESHOLD, WARMUP, WG_THRESHOLD, Config, StreamingLikelihood, WindowedGaussian
+from offline.detectors.streaming_likelihood import THRESHOLD, WG_THRESHOLD, Config, StreamingLikelihood, WindowedGaussian
 from offline.evaluation.benchmark import write_readme_section
 from offline.evaluation.nab_scorer import PROFILES, corpus_score, optimise_threshold, probationary_length, score_series
 
@@ -92,17 +92,6 @@ def kafka_rows(detector: str, corpus: dict, alerts: dict[str, np.ndarray], thres
                       for n, s in corpus.items()]
         rows.append(_row(detector, "label-free", profile.name, corpus_score(per_series), threshold, len(corpus), "kafka"))
     return rows
-
-
-def likelihood_bundle(directory: Path, corpus: dict, scores: dict[str, np.ndarray], config: Config | None = None) -> Path:
-    """One streaming-likelihood bundle for every series: its calibration scores (for the p-values the
-    worker reports beside the detector's own rule) are the emitted scores of each series' probationary
-    period after the detector's warm-up (no labels)."""
-    from offline.training.train import save_likelihood_bundle
-
-    calibration = np.concatenate([scores[n][WARMUP: probationary_length(len(s))] for n, s in corpus.items()])
-    return save_likelihood_bundle(directory, calibration, config or Config(),
-                                  dataset=f"NAB probationary periods ({len(corpus)} series), no labels")
 
 
 def score_rows(detector: str, corpus: dict, scores: dict[str, np.ndarray], alerts: dict[str, np.ndarray] | None,
@@ -196,7 +185,9 @@ def main(only, output, per_series, skip, transport, workdir):
         from streamdetect.settings import get_settings
 
         shutil.rmtree(workdir, ignore_errors=True)
-        bundle = load_bundle(likelihood_bundle(workdir / "bundle", corpus, ours_scores))
+        from offline.training.train import likelihood_bundle_from_nab
+
+        bundle = load_bundle(likelihood_bundle_from_nab(None, workdir / "bundle", promote=False, corpus=corpus))
         through = replay_series_through_kafka(corpus, {name: bundle for name in corpus}, budget_per_hour=None,
                                               target_rate=0.01, batch_size=KAFKA_BATCH, base=get_settings(),
                                               workdir=workdir, log_name="worker-streaming-likelihood")

@@ -67,3 +67,17 @@ def test_the_pipeline_alerts_where_the_detector_does(tmp_path):
     assert sorted(int(a["event_id"].split("-")[1]) for a in alerted) == np.flatnonzero(alerts).tolist()
     assert all(a["threshold"] == 0.5 and a["score"] >= 0.5 for a in alerted)
     assert [d["reason"] for d in dead] == ["featurize_error"] and dead[0]["event_id"] == "pump-wide"
+
+
+def test_offline_train_writes_a_streaming_likelihood_bundle_for_the_sensor_feed(tmp_path):
+    from click.testing import CliRunner
+
+    from offline.training.train import main
+
+    wrong = CliRunner().invoke(main, ["--model", "streaming-likelihood", "--dataset", "creditcard", "--registry", str(tmp_path)])
+    assert wrong.exit_code == 2 and "use --dataset nab" in wrong.output
+    done = CliRunner().invoke(main, ["--model", "streaming-likelihood", "--dataset", "nab", "--registry", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    bundle = bundles.load_current(tmp_path, "sensor-readings")
+    assert bundle.model_name == "streaming-likelihood" and bundle.manifest["extra"]["score_threshold"] == 0.5
+    assert len(bundle.calibration_scores) > 1000 and (bundle.calibration_scores < 0.5).mean() > 0.99

@@ -18,6 +18,7 @@ learns and its alerts do not count; a window is detected when at least one alert
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,8 @@ from offline.data.tabular import TabularData
 RAW_BASE = "https://raw.githubusercontent.com/numenta/NAB/master/"
 HOMEPAGE = "https://github.com/numenta/NAB"
 PROBATIONARY_FRACTION = 0.15
+#: NAB caps the probationary period at PROBATIONARY_FRACTION of this many rows (``probationary_length``)
+PROBATIONARY_CAP_ROWS = 5000
 
 #: paths relative to the NAB repository root -> sha256 (from ../shared/data/nab/SHA256SUMS)
 SHA256 = {
@@ -75,6 +78,17 @@ def _remote(path: str) -> RemoteFile:
 FILES = tuple(_remote(path) for path in SHA256)
 SERIES = tuple(path.removeprefix("data/") for path in SHA256 if path.startswith("data/"))
 CATEGORIES = tuple(sorted({name.split("/")[0] for name in SERIES}))
+
+
+def probationary_length(n_rows: int, fraction: float = PROBATIONARY_FRACTION) -> int:
+    """Rows at the start of a series NAB does not score: ``min(floor(0.15 * rows), 750)``.
+
+    The cap keeps long series (NAB's tweet counts have 15,000+ rows) from spending thousands of
+    rows in probation; a detector that learns from more than these rows learns from scored rows.
+    """
+    # NAB scores rows i >= min(floor(f * rows), f * 5000); for whole i that is the ceiling of the cap
+    return int(min(math.floor(fraction * n_rows), math.ceil(fraction * PROBATIONARY_CAP_ROWS)))
+
 
 
 @dataclass

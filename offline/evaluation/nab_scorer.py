@@ -55,9 +55,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROBATIONARY_FRACTION = 0.15
-#: NAB caps the probationary period at ``probationPercent * 5000`` rows (``nab/util.py``)
-PROBATIONARY_CAP_ROWS = 5000
+# NAB's probationary period (15%, capped at ``probationPercent * 5000`` rows, ``nab/util.py``) lives with the data
+from offline.data.nab import PROBATIONARY_CAP_ROWS, PROBATIONARY_FRACTION, probationary_length  # noqa: E402,F401
+
 #: the threshold NAB's sweep starts from, above every anomaly score (no detection)
 NO_DETECTION_THRESHOLD = 1.1
 
@@ -123,16 +123,6 @@ class CorpusScore:
     tn: int
     windows: int
     windows_detected: int
-
-
-def probationary_length(n_rows: int, fraction: float = PROBATIONARY_FRACTION) -> int:
-    """Rows at the start of a series NAB does not score: ``min(floor(0.15 * rows), 750)``.
-
-    The cap keeps long series (NAB's tweet counts have 15,000+ rows) from spending thousands of
-    rows in probation; a detector that learns from more than these rows learns from scored rows.
-    """
-    # NAB scores rows i >= min(floor(f * rows), f * 5000); for whole i that is the ceiling of the cap
-    return int(min(math.floor(fraction * n_rows), math.ceil(fraction * PROBATIONARY_CAP_ROWS)))
 
 
 def scaled_sigmoid(x: np.ndarray | float) -> np.ndarray:

@@ -197,6 +197,13 @@ def main(model, dataset, target_class, preset, epochs, seed, params, feed, regis
     hyper = parse_params(params)
     if epochs is not None:
         hyper["epochs"] = epochs
+    if model == "streaming-likelihood":
+        if dataset != "nab":
+            raise click.UsageError("streaming-likelihood runs one detector per sensor of the sensor-readings feed: use --dataset nab")
+        directory = likelihood_bundle_from_nab(store, registry or settings.registry_dir, promote=promote)
+        click.echo(f"bundle: {directory}{' (promoted)' if promote else ''} (nothing trained: each sensor's detector "
+                   "learns from its own readings; calibration = the emitted scores of NAB's probationary periods)")
+        return
     if dataset in IMAGE_DATASETS:
         from offline.training.images import train_image_model
 
@@ -219,6 +226,29 @@ def main(model, dataset, target_class, preset, epochs, seed, params, feed, regis
     for rule in [k for k in report if k.startswith("val-fpr") or k == "oracle-best-f1"]:
         m = report[rule]
         click.echo(f"  {rule}: precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f} (threshold {m['threshold']:.4g})")
+
+
+def likelihood_bundle_from_nab(store: DataStore | None, registry: Path, *, promote: bool = True, config: Config | None = None,
+                               corpus: dict | None = None) -> Path:
+    """A streaming-likelihood bundle in ``registry``: calibration scores are the detector's emitted scores
+    over each NAB series' probationary period after its warm-up (no labels read). ``corpus``: those
+    series already loaded (default: every series of ``store``)."""
+    from offline.data.nab import load_nab, probationary_length
+    from offline.detectors.streaming_likelihood import WARMUP, StreamingLikelihood
+
+    config = config or Config()
+    corpus = corpus if corpus is not None else load_nab(store)
+    calibration = []
+    for series in corpus.values():
+        probation = probationary_length(len(series))
+        scores, _ = StreamingLikelihood(config).run(series.values[:probation], series.timestamps[:probation])
+        calibration.append(scores[WARMUP:])
+    directory = bundles.next_version_dir(registry, "sensor-readings")
+    save_likelihood_bundle(directory, np.concatenate(calibration), config,
+                           dataset=f"NAB probationary periods ({len(corpus)} series), no labels")
+    if promote:
+        bundles.promote(registry, "sensor-readings", directory.name)
+    return directory
 
 
 def save_likelihood_bundle(directory: Path, calibration_scores: np.ndarray, config: Config, *, dataset: str) -> Path:
