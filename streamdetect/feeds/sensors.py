@@ -141,9 +141,7 @@ class SensorDecoder:
             given = [e if e is not None else f"{sensor}@{when.isoformat()}" for e, sensor, when in zip(given, sensor_ids, times)]
         if max(map(len, given), default=1) > 200 or not all(given):
             return self._decode_each(values)
-        table = EventTable(len(accepted), times={"event_time": times},
-                           texts={"sensor_id": sensor_ids, "value": readings, "event_id": given})
-        return accepted, table
+        return accepted, _table(times, sensor_ids, readings, given)
 
     def _decode_each(self, values: list[bytes]) -> tuple[list[int], EventTable]:
         """One value at a time: a batch with a refused value, multi-channel readings or default ids."""
@@ -162,9 +160,13 @@ class SensorDecoder:
             sensor_ids.append(event.sensor_id)
             readings.append(event.value)
             event_ids.append(event.event_id if event.event_id is not None else f"{event.sensor_id}@{when.isoformat()}")
-        table = EventTable(len(accepted), times={"event_time": times},
-                           texts={"sensor_id": sensor_ids, "value": readings, "event_id": event_ids})
-        return accepted, table
+        return accepted, _table(times, sensor_ids, readings, event_ids)
+
+
+def _table(times: list, sensor_ids: list, readings: list, event_ids: list) -> EventTable:
+    """The decoded events as ``EventTable.from_events`` of the validated events would lay them out."""
+    return EventTable(len(times), times={"event_time": times},
+                      texts={"sensor_id": sensor_ids, "value": readings, "event_id": event_ids})
 
 
 _SENSOR_ID, _VALUE, _EVENT_TIME, _EVENT_ID = (attrgetter(name) for name in ("sensor_id", "value", "event_time", "event_id"))
@@ -211,10 +213,8 @@ def _likelihood_columns(table: EventTable, feed_state: dict, config) -> tuple[di
     scores = np.full(table.n, np.nan)
     if rows:
         sensor_ids, times = table.text("sensor_id"), table.epoch_seconds("event_time")
-        taken = rows if len(rows) < table.n else None
-        scores[rows if taken else slice(None)] = fold_likelihood(
-            [sensor_ids[i] for i in rows] if taken else sensor_ids, [single[i] for i in rows] if taken else single,
-            times[rows].tolist() if taken else times.tolist(), feed_state, config)
+        scores[rows] = fold_likelihood([sensor_ids[i] for i in rows], [single[i] for i in rows], times[rows].tolist(),
+                                       feed_state, config)
     return {LIKELIHOOD_COLUMN: scores}, np.ones(table.n, dtype=bool)
 
 
