@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from offline.detectors.base import Detector, as_float32
-from offline.detectors.training import adam_step, predict_in_chunks, seed_everything, train_loop
+from offline.detectors.training import adam_step, place, predict_in_chunks, seed_everything, train_loop
 from offline.models.tabular import MLPAutoencoder, MLPVAE
 
 IMAGE_SHAPE_KEY = "meta.input_shape"  # present in the state of image models only
@@ -78,7 +78,7 @@ class _TabularReconstruction(Detector):
         on ``X_val``); returns the coerced ``X``."""
         X = as_float32(X)
         generator = seed_everything(self.seed)
-        self.module = self._build_for(X).to(self.device)
+        self.module = place(self._build_for(X), self.device)
         on_epoch = None if self.on_epoch_end is None else (lambda row: self.on_epoch_end(self, row))
         self.history = train_loop(
             self.module, adam_step(self.module, self._loss, lr=self.lr, weight_decay=self.weight_decay), X,
@@ -105,7 +105,7 @@ class _TabularReconstruction(Detector):
         else:
             detector.module = detector._build(n_features)
         detector.module.load_state_dict(tensors)
-        detector.module.eval()
+        place(detector.module, detector.device).eval()
         return detector
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from offline.detectors.base import Detector, as_float32
-from offline.detectors.training import Step, predict_in_chunks, seed_everything, train_loop
+from offline.detectors.training import Step, place, predict_in_chunks, seed_everything, train_loop
 
 SHAPE_KEY = "meta.input_shape"
 
@@ -138,20 +138,23 @@ class GenerativeDetector(Detector):
         self._set_shape(X)
         self._build()
         for net in self.nets.values():
-            net.to(self.device)
+            place(net, self.device)
         self.history = []
         return X, generator
 
     def _train(self, X: np.ndarray | tuple[np.ndarray, ...], step: Step, generator: torch.Generator, *, epochs: int | None = None,
-               desc: str | None = None) -> list[dict]:
+               desc: str | None = None, phase: str | None = None) -> list[dict]:
         """``step`` over shuffled minibatches (of at least 2 rows: batch norm) for ``epochs``
-        epochs or ``max_steps`` steps, through the one training loop."""
-        on_epoch = None if self.on_epoch_end is None else (lambda row: self.on_epoch_end(self, row))
-        return train_loop(
+        epochs or ``max_steps`` steps, through the one training loop. ``phase`` names a training
+        phase of a multi-phase model in the rows the ``on_epoch_end`` callback sees."""
+        tag = {"phase": phase} if phase else {}
+        on_epoch = None if self.on_epoch_end is None else (lambda row: self.on_epoch_end(self, {**tag, **row}))
+        rows = train_loop(
             self.nets, step, X, epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size,
             generator=generator, max_steps=self.max_steps, min_batch=2, desc=desc or self.name, device=self.device,
             progress=self.progress, on_epoch=on_epoch,
         )
+        return [{**tag, **row} for row in rows]
 
     @staticmethod
     def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -197,5 +200,5 @@ class GenerativeDetector(Detector):
         for name, net in detector.nets.items():
             prefix = f"{name}."
             net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-            net.to(detector.device).eval()
+            place(net, detector.device).eval()
         return detector

@@ -55,7 +55,7 @@ class FAnoGANDetector(GenerativeDetector):
                 self._update(opt_g, loss_g)
             return logs
 
-        history = [{"phase": "wgan-gp", **row} for row in self._train(X, gan_step, generator, desc=f"{self.name} wgan-gp")]
+        history = self._train(X, gan_step, generator, desc=f"{self.name} wgan-gp", phase="wgan-gp")
         # izi_f encoder training: G and D frozen, in eval mode
         for p in list(G.parameters()) + list(D.parameters()):
             p.requires_grad_(False)
@@ -68,7 +68,7 @@ class FAnoGANDetector(GenerativeDetector):
             return {"izif_loss": loss.item()}
 
         epochs = self.epochs if self.encoder_epochs is None else self.encoder_epochs
-        history += [{"phase": "encoder", **row} for row in self._train(X, encoder_step, generator, epochs=epochs, desc=f"{self.name} izif")]
+        history += self._train(X, encoder_step, generator, epochs=epochs, desc=f"{self.name} izif", phase="encoder")
         for p in list(G.parameters()) + list(D.parameters()):
             p.requires_grad_(True)
         self.history = history
