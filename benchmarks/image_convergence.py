@@ -183,11 +183,13 @@ def readme_table(result: dict) -> str:
 @click.option("--samples", type=click.IntRange(min=100), default=1000, show_default=True, help="prior draws measured per epoch")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads")
 @click.option("--train-images", type=click.IntRange(min=64), default=None, help="train on fewer images (smoke runs only)")
+@click.option("--classifier-images", type=click.IntRange(min=100), default=None,
+              help="train the feature classifier on this many images (smoke runs only; default the whole train split)")
 @click.option("--output", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
 @click.option("--figure", type=click.Path(path_type=Path), default=FIGURE, show_default=True)
 @click.option("--readme/--no-readme", default=True, show_default=True, help="regenerate the image-convergence section of benchmarks/README.md")
 @click.option("--choose", "only_choose", is_flag=True, help="only recompute the chosen counts, figure and README section from the CSV")
-def main(dataset, target_class, models, max_epochs, samples, threads, train_images, output, figure, readme, only_choose):
+def main(dataset, target_class, models, max_epochs, samples, threads, train_images, classifier_images, output, figure, readme, only_choose):
     """Train each GAN-family model up to --max-epochs on one class; measure every epoch; choose the epoch counts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if only_choose:
@@ -207,7 +209,7 @@ def main(dataset, target_class, models, max_epochs, samples, threads, train_imag
     if skip:
         log.info("curves already complete in %s: %s", output, ", ".join(sorted(skip)))
     if todo:
-        classifier = FeatureClassifier(data, epochs=2, progress=False)
+        classifier = FeatureClassifier(data, epochs=2, train_limit=classifier_images, progress=False)
         log.info("feature classifier: test accuracy %.4f", classifier.test_accuracy)
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.exists():  # a model whose curve was cut short starts again from epoch 1

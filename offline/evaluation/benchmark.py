@@ -81,6 +81,18 @@ class ResultsFile:
         self._done.add(self._identity(row))
 
 
+def merge_new_rows(source: Path, target: Path, extra_columns: list[str] = (), *, preset: str | None = None) -> int:
+    """Append the rows of ``source`` whose identity ``target`` lacks (e.g. a parallel worker's file); returns how many."""
+    results = ResultsFile(target, extra_columns)
+    added = 0
+    with open(source, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if (preset is None or row.get("preset") == preset) and not results.has(**{k: row.get(k, "") for k in IDENTITY}):
+                results.append({k: v for k, v in row.items() if k in results.columns})
+                added += 1
+    return added
+
+
 def _format(value):
     return f"{value:.6g}" if isinstance(value, float) else value
 

@@ -18,7 +18,16 @@ Options (``--option key=value``): ``datasets`` (list), ``classes`` (list), ``pro
 ``epochs`` (int: overrides the preset; a run with fewer than the full recipe's 50 epochs is
 written with ``preset=reduced``, never ``full``), ``train_limit``/``test_limit`` (ints; also
 ``reduced``), ``anomaly_fraction`` (float, default 0.05), ``threads`` (torch threads, default 1),
-``params`` (JSON object model -> hyperparameter overrides, e.g. ``{"anogan": {"search_steps": 20}}``).
+``params`` (JSON object model -> hyperparameter overrides, e.g. ``{"anogan": {"search_steps": 20}}``),
+``device`` (torch device, default ``cpu``).
+
+The grid as a queue (``--option queue=true``): the runs issue 16 asks for, in priority order
+(:func:`grid_queue`: seed 0 of every model one complete table row at a time, then imbalanced
+twodisc, leave-one-out, then seeds 1-2), rows already in the results file skipped, so a stopped
+queue resumes. ``shard="i/n"`` takes every n-th pending run from the i-th (parallel processes,
+each with its own results file: ``python -m benchmarks.image_grid``); ``deadline_s`` starts no
+run after that many seconds. ``datasets``/``classes``/``protocols``/``--models``/``--seeds`` do
+not apply to the queue.
 
 Each run's core is :func:`run_one`, a plain function.
 
@@ -69,6 +78,37 @@ COMMAND = "python -m offline.benchmark --suite images --seeds 0,1,2"
 DEFAULT_ANOMALY_FRACTION = 0.05
 
 
+#: seed 0 of the one-class grid runs one model at a time (its row of the table on both datasets);
+#: the two-discriminator GAN (seed 003's experiment) comes straight after the autoencoders
+QUEUE_ONE_CLASS = ["ae", "vae", "twodisc", "dcgan", "anogan", "egbad", "ganomaly", "fanogan"]
+QUEUE_LEAVE_ONE_OUT = ["ae", "vae", "ganomaly", "egbad"]
+QUEUE_MORE_SEEDS = (["ae", "vae", "twodisc"], [1, 2])
+
+
+def grid_queue() -> list[tuple[str, str, str, int, int]]:
+    """Every run of the issue-16 grid as (dataset, protocol, model, class, seed), highest priority first."""
+    classes = range(10)
+    jobs = [(d, "one-class", m, c, 0) for m in QUEUE_ONE_CLASS for d in DATASETS for c in classes]
+    jobs += [(d, "imbalanced", "twodisc", c, 0) for d in DATASETS for c in classes]
+    jobs += [(d, "leave-one-out", m, c, 0) for m in QUEUE_LEAVE_ONE_OUT for d in DATASETS for c in classes]
+    models, seeds = QUEUE_MORE_SEEDS
+    jobs += [(d, "one-class", m, c, s) for s in seeds for m in models for d in DATASETS for c in classes]
+    return jobs
+
+
+def shard_of(jobs: list, shard: str | None) -> list:
+    """``"i/n"``: every n-th job from the i-th (0-based); None: all."""
+    if not shard:
+        return jobs
+    try:
+        index, count = (int(part) for part in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like 'i/n' (e.g. '0/4'), not {shard!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
+    return jobs[index::count]
+
+
 def leave_one_out_split(data: ImageData, anomalous_class: int, *, seed: int, train_limit: int | None = None,
                         test_limit: int | None = None) -> OneClassSplit:
     x = np.concatenate([data.x_train, data.x_test])
@@ -100,7 +140,7 @@ def is_reduced(preset: str, epochs: int | None, train_limit, test_limit) -> bool
 
 def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed: int, preset: str, *, epochs: int | None = None,
             train_limit: int | None = None, test_limit: int | None = None, anomaly_fraction: float = DEFAULT_ANOMALY_FRACTION,
-            params: dict | None = None, progress: bool = False) -> tuple[list[dict], dict]:
+            params: dict | None = None, progress: bool = False, device: str = "cpu") -> tuple[list[dict], dict]:
     """One run -> (CSV rows, one per threshold rule; artefacts: scores, labels, detector, split)."""
     if preset == "quick":
         train_limit, test_limit = train_limit or QUICK_TRAIN_IMAGES, test_limit or QUICK_TEST_IMAGES
@@ -124,7 +164,7 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
         calibration, scores = rng.random(len(split.x_calibration)), rng.random(len(split.x_test))
         seconds, score_seconds, epochs_run = 0.0, time.perf_counter() - start, 0
     else:
-        overrides = {"progress": progress, **({"epochs": epochs} if epochs is not None else {}), **(params or {})}
+        overrides = {"progress": progress, "device": device, **({"epochs": epochs} if epochs is not None else {}), **(params or {})}
         params = detector_params(model, preset, seed, overrides)
         detector, seconds = fit_detector(model, params, split.x_train, **fit_kwargs)
         start = time.perf_counter()
@@ -196,26 +236,37 @@ def run(ctx) -> None:
     train_limit, test_limit = options.get("train_limit"), options.get("test_limit")
     fraction = float(options.get("anomaly_fraction", DEFAULT_ANOMALY_FRACTION))
     label = "reduced" if is_reduced(ctx.preset, epochs, train_limit, test_limit) else ctx.preset
-    jobs = _jobs(ctx.models, datasets, protocols, classes, ctx.seeds)
+    queue = bool(options.get("queue", False))
+    jobs = grid_queue() if queue else _jobs(ctx.models, datasets, protocols, classes, ctx.seeds)
+    jobs = shard_of([job for job in jobs if not run_done(ctx.results, job, label)], options.get("shard"))
+    deadline = options.get("deadline_s")
+    device = str(options.get("device", "cpu"))
+    started = time.monotonic()
     loaded: dict[str, ImageData] = {}
     bar = tqdm(jobs, desc="images", unit="run")
     for dataset, protocol, model, target_class, seed in bar:
-        identity = dict(dataset=dataset, protocol=protocol, model=model, target_class=str(target_class), seed=seed, preset=label)
-        if all(ctx.results.has(**identity, threshold_rule=rule) for rule in RULES):
-            continue
+        if deadline is not None and time.monotonic() - started > float(deadline):
+            log.info("deadline of %s s passed: %d runs left for the next start", deadline, len(jobs) - bar.n)
+            break
         bar.set_postfix_str(f"{dataset} {protocol} {model} class {target_class} seed {seed}")
         if dataset not in loaded:
             loaded[dataset] = load_images(dataset, ctx.store)
         rows, artefacts = run_one(loaded[dataset], protocol, model, target_class, seed, ctx.preset, epochs=epochs,
                                   train_limit=train_limit, test_limit=test_limit, anomaly_fraction=fraction,
-                                  params=dict(options.get("params", {})).get(model))
+                                  params=dict(options.get("params", {})).get(model), device=device)
         for row in rows:
             ctx.results.append(row)
         log.info("images %s %s %s class %d seed %d: AUROC %.4f (train %.0fs, score %.0fs)", dataset, protocol, model, target_class,
                  seed, rows[0]["auroc"], rows[0]["train_seconds"], rows[0]["score_seconds"])
-        if model == "twodisc" and seed == ctx.seeds[0] and target_class == classes[0]:
+        if model == "twodisc" and seed == 0:  # the reconstruction grid and confusion matrix of every class, as Kim et al. show
             twodisc_figures(artefacts, ctx.figures_dir, dataset=dataset, protocol=protocol, target_class=target_class,
                             suffix="" if label == "full" else f"-{label}")
+
+
+def run_done(results, job: tuple, preset: str) -> bool:
+    dataset, protocol, model, target_class, seed = job
+    identity = dict(dataset=dataset, protocol=protocol, model=model, target_class=str(target_class), seed=seed, preset=preset)
+    return all(results.has(**identity, threshold_rule=rule) for rule in RULES)
 
 
 # -- tables ------------------------------------------------------------------------------------

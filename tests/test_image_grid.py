@@ -1,0 +1,125 @@
+"""The image workbench's cost, convergence and grid tools on small slices of the real MNIST files:
+the timing command, the epoch-count rule, the priority queue with shards and deadline, merging
+a worker's rows, and conv nets in channels_last."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from offline.data.store import DataStore
+
+
+@pytest.fixture(scope="module")
+def store(settings, tmp_path_factory) -> DataStore:
+    if settings.data.mirror_dir is None or not (Path(settings.data.mirror_dir) / "mnist").exists():
+        pytest.skip("STREAMDETECT_DATA__MIRROR_DIR does not point at the data mirror")
+    return DataStore(tmp_path_factory.mktemp("cache"), settings.data.mirror_dir, allow_download=False)
+
+
+def test_flattening_epoch_finds_where_the_fall_ends():
+    from benchmarks.image_convergence import flattening_epoch
+
+    assert flattening_epoch([10, 5, 3, 2.1, 2.0, 2.05, 2.0, 1.98]) == 4
+    # a single noisy epoch does not move the choice (3-epoch median), a late rise is not "still to come"
+    assert flattening_epoch([30, 20, 12, 40, 10, 9.9, 10.1, 14, 15]) == 5
+    assert flattening_epoch([5, 5, 5]) == 1
+
+
+def test_grid_queue_order_shards_and_bad_shard():
+    from offline.evaluation.suites.images import grid_queue, shard_of
+
+    queue = grid_queue()
+    assert len(queue) == len(set(queue)) == 380
+    assert queue[0] == ("mnist", "one-class", "ae", 0, 0)
+    # one model's row on both datasets before the next model; seeds 1-2 come last
+    assert queue[19] == ("fashion-mnist", "one-class", "ae", 9, 0) and queue[20][2] == "vae"
+    assert {job[4] for job in queue[:260]} == {0} and queue[-1][4] == 2
+    shards = [shard_of(queue, f"{i}/3") for i in range(3)]
+    assert sorted(job for shard in shards for job in shard) == sorted(queue)
+    with pytest.raises(ValueError, match="i/n"):
+        shard_of(queue, "two")
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        shard_of(queue, "3/3")
+
+
+def test_queue_runs_the_first_pending_run_then_stops_at_its_deadline(store, tmp_path):
+    from offline.evaluation.benchmark import ResultsFile, SuiteContext, merge_new_rows
+    from offline.evaluation.suites import images as suite
+
+    def ctx(path, **options):
+        return SuiteContext(suite="images", results=ResultsFile(path, suite.EXTRA_COLUMNS), store=store, preset="quick",
+                            seeds=[0], models=None, figures_dir=tmp_path / "fig", options={"queue": True, **options})
+
+    first = tmp_path / "first.csv"
+    suite.run(ctx(first, deadline_s=0.01))  # the first run starts, the deadline has passed before the second
+    rows = pd.read_csv(first, dtype={"target_class": str})
+    assert set(zip(rows["model"], rows["dataset"], rows["target_class"])) == {("ae", "mnist", "0")}
+    # the next process resumes: shard 1 of 2 of what is pending starts at the queue's second pending run
+    second = tmp_path / "second.csv"
+    second.write_text(first.read_text())
+    suite.run(ctx(second, deadline_s=0.01, shard="1/2"))
+    rows = pd.read_csv(second, dtype={"target_class": str})
+    assert ("mnist", "2") in set(zip(rows["dataset"], rows["target_class"])) and len(rows) == 4
+    # merging a worker's file takes only the rows the target lacks
+    assert merge_new_rows(second, first, suite.EXTRA_COLUMNS, preset="quick") == 2
+    assert merge_new_rows(second, first, suite.EXTRA_COLUMNS, preset="quick") == 0
+    assert len(pd.read_csv(first)) == 4
+
+
+def test_image_cost_times_levers_in_one_run(store, tmp_path, monkeypatch):
+    from benchmarks import image_cost
+
+    monkeypatch.setenv("STREAMDETECT_DATA__MIRROR_DIR", str(store.mirror_dir))
+    out = tmp_path / "cost.csv"
+    result = CliRunner().invoke(image_cost.main, ["--models", "ae,ganomaly", "--levers", "channels-last,batch-256", "--train-images", "128",
+                                                  "--score-images", "16", "--output", str(out), "--no-readme"])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert set(zip(rows["model"], rows["lever"])) == {(m, lever) for m in ("ae", "ganomaly") for lever in ("baseline", "channels-last", "batch-256")}
+    assert (rows["epoch_seconds"] > rows["measured_seconds"]).all()  # scaled from 128 images to the whole class
+    assert np.allclose(rows[rows["lever"] == "baseline"]["epoch_speedup"], 1.0)
+    assert "| ae |" in result.output
+    bad = CliRunner().invoke(image_cost.main, ["--levers", "turbo", "--no-readme", "--output", str(out)])
+    assert bad.exit_code == 2 and "turbo" in bad.output
+
+
+def test_image_convergence_writes_curves_and_chooses_counts(store, tmp_path, monkeypatch):
+    from benchmarks import image_convergence
+
+    monkeypatch.setenv("STREAMDETECT_DATA__MIRROR_DIR", str(store.mirror_dir))
+    out = tmp_path / "curves.csv"
+    args = ["--dataset", "mnist", "--models", "dcgan,fanogan", "--max-epochs", "3", "--train-images", "128", "--samples", "100",
+            "--classifier-images", "1000", "--output", str(out), "--figure", str(tmp_path / "curves.png"), "--no-readme"]
+    result = CliRunner().invoke(image_convergence.main, args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert sorted(set(zip(rows["model"], rows["phase"]))) == [("dcgan", "train"), ("fanogan", "encoder"), ("fanogan", "wgan-gp")]
+    assert len(rows) == 9 and rows["frechet"].notna().all()
+    assert rows[rows["phase"] == "encoder"]["heldout_l1"].notna().all()
+    chosen = json.loads((tmp_path / "image_epochs.json").read_text())["models"]
+    assert 1 <= chosen["dcgan"]["epochs"] <= 3 and 1 <= chosen["fanogan"]["encoder_epochs"] <= 3
+    assert chosen["anogan"]["epochs"] == chosen["dcgan"]["epochs"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    again = CliRunner().invoke(image_convergence.main, args)  # complete curves are not retrained
+    assert again.exit_code == 0 and len(pd.read_csv(out)) == 9
+
+
+def test_conv_nets_run_channels_last_and_round_trip(store):
+    from offline.data.images import load_images
+    from offline.detectors import detector_class, make_detector
+
+    x = load_images("mnist", store, limit=200).x_train[:128]
+    detector = make_detector("ae", epochs=1, batch_size=32, base_channels=8, latent_dim=4, progress=False).fit(x)
+    conv = next(m for m in detector.module.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    tensors = detector.state_tensors()
+    assert all(t.is_contiguous() for t in tensors.values())  # safetensors needs plain contiguous tensors
+    again = detector_class("ae").from_state(detector.get_params(), tensors, n_features=None)
+    np.testing.assert_allclose(again.score(x[:16]), detector.score(x[:16]), rtol=1e-5)
