@@ -27,8 +27,8 @@ from pathlib import Path
 
 import click
 
-from offline.evaluation.benchmark import RESULTS_DIR, merge_new_rows, regenerate_readme
-from offline.evaluation.suites.images import EXTRA_COLUMNS, grid_queue
+from offline.evaluation.benchmark import RESULTS_DIR, ResultsFile, merge_new_rows, regenerate_readme
+from offline.evaluation.suites.images import EXTRA_COLUMNS, grid_queue, run_done
 
 log = logging.getLogger("benchmarks.image_grid")
 
@@ -38,9 +38,6 @@ WORKDIR = Path("runs/image-grid")
 
 def pending_runs(results: Path = RESULTS) -> list[tuple]:
     """The queue's runs that have no ``full`` rows in ``results`` yet, in priority order."""
-    from offline.evaluation.benchmark import ResultsFile
-    from offline.evaluation.suites.images import run_done
-
     existing = ResultsFile(results, EXTRA_COLUMNS)
     return [job for job in grid_queue() if not run_done(existing, job, "full")]
 
