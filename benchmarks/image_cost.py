@@ -131,14 +131,24 @@ def readme_table(table: pd.DataFrame) -> str:
     for model, block in table.groupby("model", sort=False):
         by = block.set_index("lever")
         base = by.loc["baseline", "epoch_seconds"]
-        cells = [f"{by.loc[lever, 'epoch_seconds']:.2f} (x{base / by.loc[lever, 'epoch_seconds']:.2f})" if lever in by.index else "" for lever in levers]
+        cells = [cell(by, lever, f"{by.loc[lever, 'epoch_seconds']:.2f} (x{base / by.loc[lever, 'epoch_seconds']:.2f})")
+                 for lever in levers]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += ["", "Milliseconds per scored image (AnoGAN: its 100-step latent search):", "",
               "| model | " + " | ".join(levers) + " |", "|---|" + "---|" * len(levers)]
     for model, block in table.groupby("model", sort=False):
         by = block.set_index("lever")
-        lines.append(f"| {model} | " + " | ".join(f"{by.loc[lever, 'score_ms_per_image']:.3f}" if lever in by.index else "" for lever in levers) + " |")
+        lines.append(f"| {model} | " + " | ".join(cell(by, lever, f"{by.loc[lever, 'score_ms_per_image']:.3f}") for lever in levers) + " |")
+    failed = table[table["error"].notna()] if "error" in table else table.iloc[:0]
+    if len(failed):
+        lines += ["", "Failed runs: " + "; ".join(f"{r.model} {r.lever}: `{r.error}`" for r in failed.itertuples()) + "."]
     return "\n".join(lines)
+
+
+def cell(by: pd.DataFrame, lever: str, text: str) -> str:
+    if lever not in by.index:
+        return ""
+    return "failed" if "error" in by and isinstance(by.loc[lever, "error"], str) else text
 
 
 def machine() -> str:
@@ -179,9 +189,14 @@ def main(dataset, target_class, models, levers, train_images, score_images, sear
         if model not in warmed:  # the first fit of a model pays one-off kernel set-up: not counted
             measure(model, BASELINE, one_class_split(data, (target_class,), seed=0, train_limit=128), 8, class_images)
             warmed.add(model)
-        row = measure(model, LEVERS[name], split, search_images if model == "anogan" else score_images, class_images)
+        try:
+            row = measure(model, LEVERS[name], split, search_images if model == "anogan" else score_images, class_images)
+        except Exception as error:  # a lever this model cannot take (e.g. compile with retain_graph) is a row, not the end
+            log.warning("%s %s failed: %s", model, name, error)
+            row = {"model": model, "lever": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
         rows.append({"dataset": dataset, "target_class": target_class, **row, "measured_at": stamp, "machine": where})
-        log.info("%s %s: %.2f s/epoch, %.3f ms per scored image", model, name, row["epoch_seconds"], row["score_ms_per_image"])
+        if "error" not in row:
+            log.info("%s %s: %.2f s/epoch, %.3f ms per scored image", model, name, row["epoch_seconds"], row["score_ms_per_image"])
     table = pd.DataFrame(rows)
     base = table[table["lever"] == "baseline"].set_index("model")["epoch_seconds"]
     table["epoch_speedup"] = (table["model"].map(base) / table["epoch_seconds"]).round(3)

@@ -14,6 +14,9 @@ import torch
 from click.testing import CliRunner
 
 from offline.data.store import DataStore
+from offline.training.images import CONVERGED_EPOCHS, image_preset_params
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,9 @@ def test_grid_queue_order_shards_and_bad_shard():
     assert queue[0] == ("mnist", "one-class", "ae", 0, 0)
     # one model's row on both datasets before the next model; seeds 1-2 come last
     assert queue[19] == ("fashion-mnist", "one-class", "ae", 9, 0) and queue[20][2] == "vae"
+    # the two-discriminator GAN straight after them, seed 003's setting (Fashion-MNIST) first
+    assert queue[40] == ("fashion-mnist", "one-class", "twodisc", 0, 0) and queue[50] == ("fashion-mnist", "imbalanced", "twodisc", 0, 0)
+    assert queue[60][:3] == ("mnist", "one-class", "twodisc") and queue[80][1:3] == ("one-class", "dcgan")
     assert {job[4] for job in queue[:260]} == {0} and queue[-1][4] == 2
     shards = [shard_of(queue, f"{i}/3") for i in range(3)]
     assert sorted(job for shard in shards for job in shard) == sorted(queue)
@@ -123,3 +129,11 @@ def test_conv_nets_run_channels_last_and_round_trip(store):
     assert all(t.is_contiguous() for t in tensors.values())  # safetensors needs plain contiguous tensors
     again = detector_class("ae").from_state(detector.get_params(), tensors, n_features=None)
     np.testing.assert_allclose(again.score(x[:16]), detector.score(x[:16]), rtol=1e-5)
+
+
+def test_full_gan_epochs_are_the_ones_the_convergence_run_chose():
+    chosen = json.loads((REPO / "benchmarks/results/image_epochs.json").read_text())["models"]
+    for model, counts in CONVERGED_EPOCHS.items():
+        assert counts == {key: chosen[model][key] for key in counts}, model
+        assert image_preset_params(model, "full")["epochs"] == chosen[model]["epochs"]
+    assert image_preset_params("fanogan", "full")["encoder_epochs"] == chosen["fanogan"]["encoder_epochs"]
