@@ -143,3 +143,26 @@ def test_sample_latent_and_gan_vs_vae_on_a_slice(mnist, tmp_path, monkeypatch):
     assert np.isnan(vae["latent_probe_accuracy"]) or 0 < vae["latent_probe_accuracy"] <= 1
     assert vae["encoder_probe_accuracy"] > 0.3  # VAE means carry class structure already (chance: 0.1)
     assert "GAN vs VAE" in gan_vs_vae.table(rows) and gan_vs_vae.figures_from(rows, tmp_path / "fig")
+
+
+def test_generation_rates_judge_conditional_and_unconditional_models(mnist, tmp_path, monkeypatch):
+    from offline.generative.measures import FeatureClassifier
+    from offline.generative.sample import generation_rows, store_rows, table, train_generators
+
+    monkeypatch.chdir(tmp_path)
+    generators = train_generators(mnist, epochs=1, train_limit=500, progress=False)
+    classifier = FeatureClassifier(mnist, epochs=1, train_limit=2000, progress=False)
+    rows = generation_rows(mnist, generators, classifier, epochs=1, train_limit=500, seed=0, per_class=20)
+    by_model = {row["model"]: row for row in rows}
+    assert set(by_model) == {"dcgan", "vae", "cgan", "cvae"}
+    for model in ("cgan", "cvae"):
+        rates = json.loads(by_model[model]["rates"])
+        assert len(rates) == 10 and all(0 <= r <= 1 for r in rates)
+        assert by_model[model]["rate_mean"] == pytest.approx(np.mean(rates), abs=1e-3)
+    assert 1 <= by_model["dcgan"]["classes_covered"] <= 10
+    assert len(json.loads(by_model["vae"]["classifier_recall"])) == 10
+    # a rerun replaces its own rows instead of adding a second copy
+    store_rows(rows, tmp_path / "generation.csv")
+    stored = store_rows(rows, tmp_path / "generation.csv")
+    assert len(stored) == 4
+    assert "| mnist | conditional GAN | 1 | 500 |" in table(stored)

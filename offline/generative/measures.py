@@ -137,6 +137,22 @@ def measure(detector: Detector, classifier: FeatureClassifier, real_features: np
             **class_coverage(classifier.predict(samples), n_classes)}
 
 
+def conditional_rates(detector: Detector, classifier: FeatureClassifier, n_classes: int, *, per_class: int = 1000,
+                      seed: int = 0) -> np.ndarray:
+    """For each class c, the share of ``per_class`` samples requested as c that the classifier reads as c."""
+    rates = []
+    for c in range(n_classes):
+        samples = detector.sample(per_class, seed=seed + 1000 * (c + 1), labels=np.full(per_class, c))
+        rates.append(float((classifier.predict(samples) == c).mean()))
+    return np.asarray(rates)
+
+
+def class_recall(classifier: FeatureClassifier, data: ImageData) -> np.ndarray:
+    """The classifier's recall per class on the real test images: the ceiling of a rate it judges."""
+    predicted = classifier.predict(data.x_test)
+    return np.asarray([float((predicted[data.y_test == c] == c).mean()) for c in range(len(data.class_names))])
+
+
 # -- training on all classes, cached ------------------------------------------------------------
 def run_dir(dataset: str, model: str, seed: int, epochs: int, train_limit: int | None) -> Path:
     return RUNS / dataset / f"{model}-seed{seed}-e{epochs}-n{train_limit or 'all'}"
