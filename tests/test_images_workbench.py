@@ -98,6 +98,11 @@ def test_suite_appends_resumes_and_draws_tables(store, tmp_path):
     assert list((tmp_path / "fig").glob("images-twodisc-mnist-imbalanced-class1-quick-reconstructions.png"))
     text = suite.tables(rows)
     assert "One-class protocol" in text and "Imbalanced protocol" in text and "| twodisc |" in text
+    # quick rows only: the published means stand in their own table, never inside a quick block
+    assert "| GEOM (Golan & El-Yaniv 2018) | 0.9350 | 0.9800 |" in text
+    assert "| two-discriminator U-Net GAN (Kim et al.) | 0.9916 |" in text
+    full = rows.assign(preset="full")
+    assert "| *published: OCGAN (Perera et al. 2019)* | | 0.9750 |" in suite.tables(full)
 
 
 def test_eda_writes_grid_counts_and_chart(mnist, tmp_path):

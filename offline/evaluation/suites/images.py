@@ -15,15 +15,15 @@ Models x datasets x classes x seeds under the protocols of DESIGN.md:
 oracle best-F1 threshold, named as such. Per-run wall time: ``train_seconds`` and ``score_seconds``.
 
 Options (``--option key=value``): ``datasets`` (list), ``classes`` (list), ``protocols`` (list),
-``epochs`` (int: overrides the preset; a run with fewer than the full recipe's 50 epochs is
-written with ``preset=reduced``, never ``full``), ``train_limit``/``test_limit`` (ints; also
+``epochs`` (int: overrides the preset; a run with fewer than 50 epochs is written with
+``preset=reduced``, never ``full``), ``train_limit``/``test_limit`` (ints; also
 ``reduced``), ``anomaly_fraction`` (float, default 0.05), ``threads`` (torch threads, default 1),
 ``params`` (JSON object model -> hyperparameter overrides, e.g. ``{"anogan": {"search_steps": 20}}``),
 ``device`` (torch device, default ``cpu``).
 
 The grid as a queue (``--option queue=true``): the runs issue 16 asks for, in priority order
-(:func:`grid_queue`: seed 0 of every model one complete table row at a time, then imbalanced
-twodisc, leave-one-out, then seeds 1-2), rows already in the results file skipped, so a stopped
+(:func:`grid_queue`: seed 0 of every model one complete table row at a time, twodisc's
+imbalanced rows with its one-class ones, Fashion-MNIST first, then leave-one-out, then seeds 1-2), rows already in the results file skipped, so a stopped
 queue resumes. ``shard="i/n"`` takes every n-th pending run from the i-th (parallel processes,
 each with its own results file: ``python -m benchmarks.image_grid``); ``deadline_s`` starts no
 run after that many seconds. ``datasets``/``classes``/``protocols``/``--models``/``--seeds`` do
@@ -31,13 +31,11 @@ not apply to the queue.
 
 Each run's core is :func:`run_one`, a plain function.
 
-Cost of the ``full`` preset (50 epochs on the whole class, whole test split), extrapolated from
-the reduced runs on this machine (one torch thread, shared cores): a conv AE/VAE run is about
-7 minutes, a GAN-family run 15-20 minutes (AnoGAN's 100-step latent search over 10,000 test
-images adds about as much again); the one-class grid (8 models x 2 datasets x 10 classes x 3
-seeds = 480 runs) is therefore on the order of 100 CPU-hours, and leave-one-out trains on ~8x
-more images per run. The reduced runs committed so far are labelled ``preset=reduced`` with
-their ``epochs`` and ``train_rows``.
+The ``full`` preset: the whole class and the whole test split; AE/VAE stop early on the held-out
+loss (at most 50 epochs), the GAN family trains the epoch counts of
+``offline.training.images.CONVERGED_EPOCHS``. Its cost per epoch and model is measured by
+``python -m benchmarks.image_cost`` (benchmarks/README.md, section ``image-cost``). Shorter runs
+are labelled ``preset=reduced`` with their ``epochs`` and ``train_rows``.
 """
 
 from __future__ import annotations
@@ -280,8 +278,30 @@ def _ms(values: pd.Series) -> str:
     return f"{values.mean():.4f}"
 
 
-def _protocol_table(rows: pd.DataFrame, title: str) -> list[str]:
+#: published mean AUROC over the 10 classes under the same protocol, set beside ours in the tables
+#: (figures as the papers report them; not rerun here)
+PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
+    "one-class": {
+        "AnoGAN (Schlegl et al. 2017, as reported by Ruff et al. 2018)": {"mnist": 0.913},
+        "Deep SVDD (Ruff et al. 2018)": {"mnist": 0.948, "fashion-mnist": 0.928},
+        "OCGAN (Perera et al. 2019)": {"mnist": 0.975, "fashion-mnist": 0.924},
+        "GEOM (Golan & El-Yaniv 2018)": {"mnist": 0.980, "fashion-mnist": 0.935},
+    },
+    "imbalanced": {
+        "two-discriminator U-Net GAN (Kim et al.)": {"fashion-mnist": 0.9916},
+        "AE baseline (as reported beside it)": {"fashion-mnist": 0.8758},
+    },
+}
+
+
+def _protocol_table(rows: pd.DataFrame, title: str, published: dict[str, dict[str, float]] | None = None) -> list[str]:
     lines = [f"### {title}", ""]
+    if published and (rows.empty or "full" not in set(rows["preset"])):
+        datasets = sorted({d for means in published.values() for d in means})
+        lines += ["No `full` rows yet. Published means under this protocol:", "", "| | " + " | ".join(datasets) + " |",
+                  "|---|" + "---|" * len(datasets)]
+        lines += [f"| {name} | " + " | ".join(f"{means[d]:.4f}" if d in means else "" for d in datasets) + " |"
+                  for name, means in published.items()] + [""]
     if rows.empty:
         return lines + ["No rows yet.", ""]
     for preset, block in rows.groupby("preset", sort=True):
@@ -303,6 +323,8 @@ def _protocol_table(rows: pd.DataFrame, title: str) -> list[str]:
                 cells.append(f"{_ms(per_seed)} ({g['target_class'].nunique()} cl., {int(g['train_rows'].median())} img, {wall:.0f}s)")
             epochs = ", ".join(str(int(e)) for e in sorted(block[block["model"] == model]["epochs"].unique()))
             lines.append(f"| {model} | {epochs} | " + " | ".join(cells) + " |")
+        for name, means in (published or {}).items() if preset == "full" else ():
+            lines.append(f"| *published: {name}* | | " + " | ".join(f"{means[d]:.4f}" if d in means else "" for d in datasets) + " |")
         lines.append("")
         for dataset in datasets:
             d = block[block["dataset"] == dataset]
@@ -329,12 +351,13 @@ def tables(rows: pd.DataFrame) -> str:
         "`random` is the floor. The imbalanced protocol (twodisc with labelled anomalies) is reported apart.",
         "",
     ]
-    lines += _protocol_table(rows[rows["protocol"] == "one-class"], "One-class protocol")
+    lines += _protocol_table(rows[rows["protocol"] == "one-class"], "One-class protocol", PUBLISHED["one-class"])
     lines += _protocol_table(rows[rows["protocol"] == "leave-one-out"], "Leave-one-out protocol")
     imbalanced = rows[rows["protocol"] == "imbalanced"]
     fractions = ", ".join(f"{f:g}" for f in sorted(imbalanced["anomaly_fraction"].dropna().unique())) if not imbalanced.empty else ""
     lines += _protocol_table(imbalanced, "Imbalanced protocol (twodisc sees labelled anomalies"
-                             + (f", anomaly_fraction {fractions}" if fractions else "") + "; never mixed with the above)")
+                             + (f", anomaly_fraction {fractions}" if fractions else "") + "; never mixed with the above)",
+                             PUBLISHED["imbalanced"])
     lines += ["Figures: `benchmarks/figures/images-twodisc-*` (reconstructions and confusion matrix at the label-free threshold)."]
     return "\n".join(lines)
 
