@@ -151,7 +151,7 @@ def test_sample_latent_and_gan_vs_vae_on_a_slice(mnist, tmp_path, monkeypatch):
 
 
 def test_generation_rates_judge_conditional_and_unconditional_models(mnist, tmp_path, monkeypatch):
-    from offline.generative.measures import FeatureClassifier
+    from offline.generative.measures import FeatureClassifier, conditional_rates
     from offline.generative.sample import generation_rows, store_rows, table, train_generators
 
     monkeypatch.chdir(tmp_path)
@@ -165,6 +165,12 @@ def test_generation_rates_judge_conditional_and_unconditional_models(mnist, tmp_
         assert len(rates) == 10 and all(0 <= r <= 1 for r in rates)
         assert by_model[model]["rate_mean"] == pytest.approx(np.mean(rates), abs=1e-3)
     assert 1 <= by_model["dcgan"]["classes_covered"] <= 10
+    # a sampler that returns real test images of the requested class scores the classifier's recall on them
+    by_class = {c: mnist.x_test[mnist.y_test == c] for c in range(10)}
+    real = type("RealImages", (), {"sample": lambda self, n, seed=0, labels=None: by_class[int(labels[0])][:n]})()
+    rates = conditional_rates(real, classifier, 10, per_class=20)
+    predicted = {c: classifier.predict(by_class[c][:20]) for c in range(10)}
+    np.testing.assert_allclose(rates, [(predicted[c] == c).mean() for c in range(10)])
     assert len(json.loads(by_model["vae"]["classifier_recall"])) == 10
     # a rerun replaces its own rows instead of adding a second copy
     store_rows(rows, tmp_path / "generation.csv")

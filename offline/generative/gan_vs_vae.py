@@ -110,7 +110,8 @@ def table(rows: pd.DataFrame) -> str:
     lines = [
         "## GAN vs VAE, measured",
         "",
-        "Command: `python -m offline.generative.gan_vs_vae --dataset mnist --dataset fashion-mnist --seeds 0,1,2` (rows in "
+        "Command: `python -m offline.generative.gan_vs_vae --dataset mnist --dataset fashion-mnist --seeds 0,1,2 --epochs N "
+        "[--train-limit M]` with N and M the table's epochs and train images (rows in "
         "`benchmarks/results/gan_vs_vae.csv`, figures `benchmarks/figures/gan-vs-vae-*.png`). DCGAN vs conv VAE trained on all "
         "classes. *Frechet (classifier)* is the Frechet distance between 10,000 samples and the test split in the 128-d feature "
         "space of a small classifier trained per dataset (NOT Inception FID; lower is better). *Covered*: classes receiving "

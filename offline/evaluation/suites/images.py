@@ -294,14 +294,17 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
+def _published_cells(means: dict[str, float], datasets: list[str]) -> str:
+    return " | ".join(f"{means[d]:.4f}" if d in means else "" for d in datasets)
+
+
 def _protocol_table(rows: pd.DataFrame, title: str, published: dict[str, dict[str, float]] | None = None) -> list[str]:
     lines = [f"### {title}", ""]
     if published and (rows.empty or "full" not in set(rows["preset"])):
         datasets = sorted({d for means in published.values() for d in means})
         lines += ["No `full` rows yet. Published means under this protocol:", "", "| | " + " | ".join(datasets) + " |",
                   "|---|" + "---|" * len(datasets)]
-        lines += [f"| {name} | " + " | ".join(f"{means[d]:.4f}" if d in means else "" for d in datasets) + " |"
-                  for name, means in published.items()] + [""]
+        lines += [f"| {name} | {_published_cells(means, datasets)} |" for name, means in published.items()] + [""]
     if rows.empty:
         return lines + ["No rows yet.", ""]
     for preset, block in rows.groupby("preset", sort=True):
@@ -324,7 +327,7 @@ def _protocol_table(rows: pd.DataFrame, title: str, published: dict[str, dict[st
             epochs = ", ".join(str(int(e)) for e in sorted(block[block["model"] == model]["epochs"].unique()))
             lines.append(f"| {model} | {epochs} | " + " | ".join(cells) + " |")
         for name, means in (published or {}).items() if preset == "full" else ():
-            lines.append(f"| *published: {name}* | | " + " | ".join(f"{means[d]:.4f}" if d in means else "" for d in datasets) + " |")
+            lines.append(f"| *published: {name}* | | {_published_cells(means, datasets)} |")
         lines.append("")
         for dataset in datasets:
             d = block[block["dataset"] == dataset]
