@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from offline.detectors import REGISTRY, make_detector
 from offline.training.images import detector_params
 
-IMAGE_MODELS = ["ae", "vae", "dcgan", "anogan", "egbad", "ganomaly", "fanogan", "twodisc", "cgan", "cvae"]
+IMAGE_MODELS = ["ae", "vae", "dcgan", "anogan", "egbad", "ganomaly", "fanogan", "twodisc", "cgan", "cvae", "geom"]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -103,6 +103,11 @@ def test_suite_appends_resumes_and_draws_tables(store, tmp_path):
     assert "| two-discriminator U-Net GAN (Kim et al.) | 0.9916 |" in text
     full = rows.assign(preset="full")
     assert "| *published: OCGAN (Perera et al. 2019)* | | 0.9750 |" in suite.tables(full)
+    # an added detector (geom) gets its own table, never a row of the seed models' table
+    with_geom = pd.concat([full, full[full["model"] == "twodisc"].assign(model="geom")])
+    text = suite.tables(with_geom)
+    seed_models, added = text.split("### One-class protocol, added detectors")
+    assert "| geom |" not in seed_models.split("### Leave-one-out")[0] and "| geom |" in added.split("###")[0]
 
 
 def test_eda_writes_grid_counts_and_chart(mnist, tmp_path):

@@ -26,6 +26,7 @@ REGISTRY: dict[str, str] = {
     "twodisc": "offline.detectors.gan.twodisc:TwoDiscriminatorDetector",
     "cgan": "offline.detectors.gan.conditional:ConditionalGANDetector",
     "cvae": "offline.detectors.gan.conditional:ConditionalVAEDetector",
+    "geom": "offline.detectors.geometric:GeometricTransformDetector",
 }
 
 

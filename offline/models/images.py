@@ -243,7 +243,8 @@ class ConditionalVAE(nn.Module):
 
 
 class SmallClassifier(nn.Module):
-    """The evaluation classifier of the GAN-vs-VAE comparison; ``features`` is its 128-d embedding."""
+    """A small conv classifier: the judge of the GAN-vs-VAE comparison (``features`` is its 128-d
+    embedding) and the transformation classifier of the GEOM-style detector."""
 
     def __init__(self, in_channels: int, n_classes: int = 10, *, image_size: int = 28, base: int = 32):
         super().__init__()
@@ -256,3 +257,36 @@ class SmallClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class GeometricTransforms(nn.Module):
+    """The 72 transformations of GEOM (Golan & El-Yaniv 2018) on the 32 x 32 canvas, by index.
+
+    Index ``t`` = horizontal flip (2) x vertical shift (3) x horizontal shift (3) x rotation by
+    a multiple of 90 degrees (4). Shifts are cyclic rolls by ``shift`` pixels: on the black
+    border of MNIST-like images a roll is a translation, and it keeps the op a cheap gather.
+    ``forward(x, t)`` applies to each image its own transformation (``t``: one index per image).
+    """
+
+    def __init__(self, shift: int = 8):
+        super().__init__()
+        self.shift = shift
+        self.count = 2 * 3 * 3 * 4
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = pad_to_canvas(x)
+        t = t.to(x.device).long()
+        flip, rest = t // 36, t % 36
+        dy, rest = rest // 12, rest % 12
+        dx, rotation = rest // 4, rest % 4
+
+        def pick(choice: torch.Tensor, options: list[torch.Tensor]) -> torch.Tensor:
+            out = options[0]
+            for value, option in enumerate(options[1:], start=1):
+                out = torch.where((choice == value).view(-1, 1, 1, 1), option, out)
+            return out
+
+        x = pick(flip, [x, x.flip(-1)])
+        x = pick(dy, [x, x.roll(-self.shift, -2), x.roll(self.shift, -2)])
+        x = pick(dx, [x, x.roll(-self.shift, -1), x.roll(self.shift, -1)])
+        return pick(rotation, [x.rot90(k, (-2, -1)) for k in range(4)])

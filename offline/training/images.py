@@ -34,6 +34,8 @@ GAN_MODELS = ("dcgan", "anogan", "egbad", "ganomaly", "fanogan", "twodisc", "cga
 CALIBRATION_FRACTION = 0.1
 #: models whose ``full`` preset stops early on the held-out normal images' loss (patience, at most FULL_EPOCHS)
 EARLY_STOPPED = ("ae", "vae")
+#: models that get the held-out normal images as ``X_val`` (early stop or a recorded validation loss)
+HELD_OUT_LOSS = (*EARLY_STOPPED, "geom")
 FALSE_ALARM_RATE = 0.05
 
 _QUICK: dict[str, dict] = {
@@ -47,6 +49,7 @@ _QUICK: dict[str, dict] = {
     "twodisc": {"max_steps": 40, "batch_size": 32, "base_channels": 16},
     "cgan": {"max_steps": 40, "batch_size": 32, "base_channels": 16},
     "cvae": {"max_steps": 40, "batch_size": 32, "base_channels": 16},
+    "geom": {"max_steps": 60, "batch_size": 128, "base_channels": 16},
 }
 #: the GAN family's ``full`` epoch counts, chosen once from per-epoch Frechet curves on Fashion-MNIST
 #: class 0 (``python -m benchmarks.image_convergence`` -> benchmarks/results/image_epochs.json; that
@@ -64,6 +67,9 @@ _FULL: dict[str, dict] = {
     "vae": {"epochs": FULL_EPOCHS, "latent_dim": 16, "batch_size": 64, "patience": 5},
     **CONVERGED_EPOCHS,
     "anogan": {**CONVERGED_EPOCHS["anogan"], "search_steps": 100},
+    # GEOM's own budget: 200 passes over the normal images spread over its 72 transformations,
+    # ceil(200 / 72) = 3 epochs of (image, transformation) pairs; the held-out loss is recorded
+    "geom": {"epochs": 3, "batch_size": 128},
 }
 #: quick runs train on this many normal images and test on this many
 QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES = 512, 1000
@@ -189,7 +195,7 @@ def train_image_model(*, dataset: str, model: str, target_class, preset: str, ep
     log.info("%s on %s class %s: %d train, %d calibration, %d test images", model, dataset, class_label(dataset, classes),
              len(split.x_train), len(split.x_calibration), len(split.x_test))
     fit_kwargs = {"y": np.zeros(len(split.x_train), np.int64)} if model in ("cgan", "cvae") else {}
-    if model in EARLY_STOPPED:
+    if model in HELD_OUT_LOSS:
         fit_kwargs["X_val"] = split.x_calibration
     detector, seconds = fit_detector(model, hyper, split.x_train, **fit_kwargs)
     calibration = detector.score(split.x_calibration)
