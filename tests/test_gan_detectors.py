@@ -209,3 +209,13 @@ def test_train_loop_early_stops_restores_the_best_weights_and_honours_max_steps(
     assert len(steps) == 9 and min(steps) == 10 and len(history) == 2 and history[-1]["n"] == 10  # the 4-row batch skipped
     pairs = train_loop(net, lambda b: {"labels": float(b[1].sum())}, (X, np.arange(64)), epochs=1, batch_size=64, progress=False)
     assert pairs[0]["labels"] == np.arange(64).sum()
+
+
+def test_train_command_refuses_an_images_only_model_on_rows():
+    from click.testing import CliRunner
+
+    from offline.training.train import main
+
+    result = CliRunner().invoke(main, ["--model", "geom", "--dataset", "creditcard", "--preset", "quick", "--no-promote"])
+    assert result.exit_code == 2 and "geom works on images only" in result.output
+    assert "Traceback" not in result.output

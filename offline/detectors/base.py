@@ -22,6 +22,8 @@ class Detector:
     name: ClassVar[str] = "detector"
     #: True when ``explain`` gives per-feature contributions and ``expected`` reconstructions
     explains: ClassVar[bool] = False
+    #: True for models that only take images (N, C, H, W): the CLI refuses them on tabular datasets
+    images_only: ClassVar[bool] = False
 
     def fit(self, X: np.ndarray, *, X_val: np.ndarray | None = None) -> "Detector":
         raise NotImplementedError

@@ -38,6 +38,7 @@ class GeometricTransformDetector(Detector):
     """
 
     name = "geom"
+    images_only = True
 
     def __init__(
         self,

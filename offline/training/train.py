@@ -21,7 +21,7 @@ import pandas as pd
 
 from offline import bundle as bundles
 from offline.data import DataStore, TabularData, load_tabular, TABULAR_LOADERS
-from offline.detectors import REGISTRY, Detector, keyword_params, make_detector
+from offline.detectors import REGISTRY, Detector, detector_class, keyword_params, make_detector
 from offline.detectors.sensor_likelihood import StreamingLikelihoodDetector
 from offline.detectors.streaming_likelihood import Config
 from offline.metrics import (
@@ -215,6 +215,8 @@ def main(model, dataset, target_class, preset, epochs, seed, params, feed, regis
         )
         click.echo(json.dumps(summary, indent=1, default=str))
         return
+    if detector_class(model).images_only:
+        raise click.UsageError(f"{model} works on images only: use --dataset {' or '.join(sorted(IMAGE_DATASETS))}")
     directory, report = train_tabular(
         dataset=dataset, model=model, store=store, registry=registry or settings.registry_dir, feed=feed,
         preset=preset, seed=seed, params=hyper,
