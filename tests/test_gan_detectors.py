@@ -219,3 +219,24 @@ def test_train_command_refuses_an_images_only_model_on_rows():
     result = CliRunner().invoke(main, ["--model", "geom", "--dataset", "creditcard", "--preset", "quick", "--no-promote"])
     assert result.exit_code == 2 and "geom works on images only" in result.output
     assert "Traceback" not in result.output
+
+
+def test_geom_dirichlet_score_fits_concentrations_and_round_trips(digits, tmp_path):
+    import torch
+
+    from offline.detectors.geometric import dirichlet_mle
+
+    # the fixed point recovers known concentrations from their sufficient statistics
+    alpha = torch.tensor([[2.0, 5.0, 1.0], [0.3, 0.2, 8.0]], dtype=torch.float64)
+    p = torch.distributions.Dirichlet(alpha).sample((40000,)).clamp_min(1e-300)
+    torch.testing.assert_close(dirichlet_mle(p.log().mean(0), p.mean(0), (p * p).mean(0)), alpha, rtol=0.03, atol=0.01)
+    detector = make_detector("geom", **detector_params("geom", "quick", 0, {"progress": False, "score_mode": "dirichlet"}))
+    detector.fit(digits["train"])
+    assert detector.alpha.shape == (72, 72) and bool((detector.alpha > 0).all())
+    scores = detector.score(digits["test"])
+    assert roc_auc_score(digits["labels"], scores) > 0.8
+    save_file(detector.state_tensors(), str(tmp_path / "g.safetensors"))
+    loaded = type(detector).from_state({**detector.get_params(), "progress": False}, load_file(str(tmp_path / "g.safetensors")), n_features=None)
+    np.testing.assert_allclose(loaded.score(digits["test"][:20]), scores[:20], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="score_mode"):
+        make_detector("geom", score_mode="softmax")
