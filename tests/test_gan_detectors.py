@@ -230,9 +230,9 @@ def test_geom_dirichlet_score_fits_concentrations_and_round_trips(digits, tmp_pa
     alpha = torch.tensor([[2.0, 5.0, 1.0], [0.3, 0.2, 8.0]], dtype=torch.float64)
     p = torch.distributions.Dirichlet(alpha).sample((40000,)).clamp_min(1e-300)
     torch.testing.assert_close(dirichlet_mle(p.log().mean(0), p.mean(0), (p * p).mean(0)), alpha, rtol=0.03, atol=0.01)
-    detector = make_detector("geom", **detector_params("geom", "quick", 0, {"progress": False, "score_mode": "dirichlet"}))
+    detector = make_detector("geom", **detector_params("geom", "quick", 0, {"progress": False}))
     detector.fit(digits["train"])
-    assert detector.alpha.shape == (72, 72) and bool((detector.alpha > 0).all())
+    assert detector.score_mode == "dirichlet" and detector.alpha.shape == (72, 72) and bool((detector.alpha > 0).all())
     scores = detector.score(digits["test"])
     assert roc_auc_score(digits["labels"], scores) > 0.8
     save_file(detector.state_tensors(), str(tmp_path / "g.safetensors"))

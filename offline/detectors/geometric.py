@@ -1,10 +1,13 @@
 """GEOM-style detector (after Golan & El-Yaniv 2018, "Deep Anomaly Detection Using Geometric
 Transformations"): a classifier learns which of 72 geometric transformations was applied to a
 normal image; on images unlike the normal class it cannot tell. Two scores (``score_mode``):
+``"dirichlet"`` (the default), the paper's own: per transformation, a Dirichlet fitted by maximum
+likelihood (Minka's fixed point) to the softmax outputs on the normal training images, the score
+is minus the summed log-density (up to a constant) of an image's 72 softmax vectors; and
 ``"cross-entropy"``, the mean cross-entropy of the true transformation over the 72 (the paper's
-simplified score), and ``"dirichlet"``, the paper's own: per transformation, a Dirichlet fitted by
-maximum likelihood (Minka's fixed point) to the softmax outputs on the normal training images, the
-score is minus the summed log-density (up to a constant) of an image's 72 softmax vectors.
+simplified score). The Dirichlet learns what is normal about the classifier's doubts: a 0 turned
+by 180 degrees still looks like a 0, so on that class the true transformation's cross-entropy is
+high for normal images too, while the Dirichlet expects exactly that confusion.
 
 It is the "one more detector" of issue 16, reported apart from the generative models. What
 differs from the paper: a small conv net (``SmallClassifier``) instead of a wide ResNet, cyclic
@@ -50,8 +53,8 @@ def dirichlet_mle(mean_log_p: torch.Tensor, mean_p: torch.Tensor, mean_p2: torch
 
 
 class GeometricTransformDetector(Detector):
-    """Images only; score = mean cross-entropy of the true transformation over the 72 of GEOM, or
-    minus the Dirichlet log-density of the 72 softmax vectors (``score_mode="dirichlet"``).
+    """Images only; score = minus the Dirichlet log-density of the 72 softmax vectors (GEOM's
+    score), or the mean cross-entropy of the true transformation (``score_mode="cross-entropy"``).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -74,7 +77,7 @@ class GeometricTransformDetector(Detector):
         patience: int | None = None,
         base_channels: int = 32,
         shift: int = 8,
-        score_mode: str = "cross-entropy",
+        score_mode: str = "dirichlet",
         max_steps: int | None = None,
         seed: int = 0,
         device: str = "cpu",
