@@ -26,7 +26,8 @@ The grid as a queue (``--option queue=true``): the runs issue 16 asks for, in pr
 imbalanced rows with its one-class ones, Fashion-MNIST first, then leave-one-out, then seeds 1-2), rows already in the results file skipped, so a stopped
 queue resumes. ``shard="i/n"`` takes every n-th pending run from the i-th (parallel processes,
 each with its own results file: ``python -m benchmarks.image_grid``); ``deadline_s`` starts no
-run after that many seconds. ``datasets``/``classes``/``protocols``/``--models``/``--seeds`` do
+run after that many seconds; a queued run that fails is logged and left pending, and the queue
+goes on (the process still ends with an error naming it). ``datasets``/``classes``/``protocols``/``--models``/``--seeds`` do
 not apply to the queue.
 
 Each run's core is :func:`run_one`, a plain function.
@@ -248,6 +249,7 @@ def run(ctx) -> None:
     device = str(options.get("device", "cpu"))
     started = time.monotonic()
     loaded: dict[str, ImageData] = {}
+    failed: list[str] = []
     bar = tqdm(jobs, desc="images", unit="run")
     for dataset, protocol, model, target_class, seed in bar:
         if deadline is not None and time.monotonic() - started > float(deadline):
@@ -256,9 +258,18 @@ def run(ctx) -> None:
         bar.set_postfix_str(f"{dataset} {protocol} {model} class {target_class} seed {seed}")
         if dataset not in loaded:
             loaded[dataset] = load_images(dataset, ctx.store)
-        rows, artefacts = run_one(loaded[dataset], protocol, model, target_class, seed, ctx.preset, epochs=epochs,
-                                  train_limit=train_limit, test_limit=test_limit, anomaly_fraction=fraction,
-                                  params=dict(options.get("params", {})).get(model), device=device)
+        try:
+            rows, artefacts = run_one(loaded[dataset], protocol, model, target_class, seed, ctx.preset, epochs=epochs,
+                                      train_limit=train_limit, test_limit=test_limit, anomaly_fraction=fraction,
+                                      params=dict(options.get("params", {})).get(model), device=device)
+        except Exception:
+            if not queue:
+                raise
+            # one broken run (a model that fails on this device, say) must not cost the queue its other runs;
+            # it writes no row, so it stays pending for the next start
+            log.exception("images %s %s %s class %d seed %d failed; the queue goes on", dataset, protocol, model, target_class, seed)
+            failed.append(f"{dataset} {protocol} {model} class {target_class} seed {seed}")
+            continue
         for row in rows:
             ctx.results.append(row)
         log.info("images %s %s %s class %d seed %d: AUROC %.4f (train %.0fs, score %.0fs)", dataset, protocol, model, target_class,
@@ -266,6 +277,8 @@ def run(ctx) -> None:
         if model == "twodisc" and seed == 0:  # the reconstruction grid and confusion matrix of every class, as Kim et al. show
             twodisc_figures(artefacts, ctx.figures_dir, dataset=dataset, protocol=protocol, target_class=target_class,
                             suffix="" if label == "full" else f"-{label}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} queued run(s) failed (their tracebacks are in the log above): {'; '.join(failed)}")
 
 
 def run_done(results, job: tuple, preset: str) -> bool:
