@@ -81,6 +81,30 @@ def test_queue_runs_the_first_pending_run_then_stops_at_its_deadline(store, tmp_
     assert len(pd.read_csv(first)) == 4
 
 
+def test_a_failing_queued_run_is_logged_left_pending_and_the_queue_goes_on(store, tmp_path):
+    from offline.evaluation.benchmark import ResultsFile, SuiteContext
+    from offline.evaluation.suites import images as suite
+
+    path = tmp_path / "images.csv"
+    results = ResultsFile(path, suite.EXTRA_COLUMNS)
+    broken, healthy = ("mnist", "one-class", "geom", 3, 0), ("mnist", "one-class", "ae", 4, 1)  # the broken one comes first
+    for dataset, protocol, model, target_class, seed in suite.grid_queue():  # every other run of the grid is done
+        if (dataset, protocol, model, target_class, seed) not in (broken, healthy):
+            for rule in suite.RULES:
+                results.append(dict(dataset=dataset, protocol=protocol, model=model, target_class=str(target_class), seed=seed,
+                                    threshold_rule=rule, preset="quick"))
+    ctx = SuiteContext(suite="images", results=ResultsFile(path, suite.EXTRA_COLUMNS), store=store, preset="quick", seeds=[0],
+                       models=None, figures_dir=tmp_path / "fig",
+                       options={"queue": True, "params": {"geom": {"no_such_setting": 1}}})
+    with pytest.raises(RuntimeError, match="1 queued run.*geom class 3 seed 0"):
+        suite.run(ctx)
+    rows = pd.read_csv(path, dtype={"target_class": str})
+    ran = rows[rows["auroc"].notna()]
+    assert set(zip(ran["model"], ran["target_class"], ran["seed"])) == {("ae", "4", 1)}
+    assert suite.run_done(ResultsFile(path, suite.EXTRA_COLUMNS), healthy, "quick")
+    assert not suite.run_done(ResultsFile(path, suite.EXTRA_COLUMNS), broken, "quick")  # pending for the next start
+
+
 def test_image_cost_times_levers_in_one_run(store, tmp_path, monkeypatch):
     from benchmarks import image_cost
 
