@@ -122,6 +122,24 @@ def test_image_cost_times_levers_in_one_run(store, tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "turbo" in bad.output
 
 
+def test_image_precision_runs_three_arms_resumes_and_refuses_a_bad_run(store, tmp_path, monkeypatch):
+    from benchmarks import image_precision
+
+    monkeypatch.setenv("STREAMDETECT_DATA__MIRROR_DIR", str(store.mirror_dir))
+    out = tmp_path / "precision.csv"
+    args = ["--runs", "mnist:dcgan:1", "--train-limit", "128", "--test-limit", "200", "--output", str(out), "--no-readme"]
+    result = CliRunner().invoke(image_precision.main, args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert list(rows["precision"]) == ["fp32", "bf16", "bf16-train"]
+    assert (rows["preset"] == "reduced").all() and (rows["source"] == "this run").all()  # a slice never reuses a grid row
+    assert rows["auroc"].between(0, 1).all() and "| mnist | dcgan | 1 | 0 |" in result.output
+    again = CliRunner().invoke(image_precision.main, args)  # every arm is done: nothing is retrained
+    assert again.exit_code == 0 and len(pd.read_csv(out)) == 3
+    bad = CliRunner().invoke(image_precision.main, ["--runs", "mnist-ae-0", "--no-readme", "--output", str(out)])
+    assert bad.exit_code == 2 and "dataset:model:class" in bad.output
+
+
 def test_image_convergence_writes_curves_and_chooses_counts(store, tmp_path, monkeypatch):
     from benchmarks import image_convergence
 

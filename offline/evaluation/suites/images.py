@@ -41,6 +41,7 @@ are labelled ``preset=reduced`` with their ``epochs`` and ``train_rows``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -146,8 +147,15 @@ def is_reduced(preset: str, epochs: int | None, train_limit, test_limit) -> bool
 
 def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed: int, preset: str, *, epochs: int | None = None,
             train_limit: int | None = None, test_limit: int | None = None, anomaly_fraction: float = DEFAULT_ANOMALY_FRACTION,
-            params: dict | None = None, progress: bool = False, device: str = "cpu") -> tuple[list[dict], dict]:
-    """One run -> (CSV rows, one per threshold rule; artefacts: scores, labels, detector, split)."""
+            params: dict | None = None, progress: bool = False, device: str = "cpu",
+            training_precision: str = "fp32") -> tuple[list[dict], dict]:
+    """One run -> (CSV rows, one per threshold rule; artefacts: scores, labels, detector, split).
+
+    ``training_precision="bf16"`` trains under bf16 autocast and scores in float32
+    (``benchmarks.image_precision`` measures what that costs in AUROC).
+    """
+    if training_precision not in ("fp32", "bf16"):
+        raise ValueError(f"training_precision must be 'fp32' or 'bf16', not {training_precision!r}")
     if preset == "quick":
         train_limit, test_limit = train_limit or QUICK_TRAIN_IMAGES, test_limit or QUICK_TEST_IMAGES
     if protocol == "leave-one-out":
@@ -172,7 +180,10 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
     else:
         overrides = {"progress": progress, "device": device, **({"epochs": epochs} if epochs is not None else {}), **(params or {})}
         params = detector_params(model, preset, seed, overrides)
-        detector, seconds = fit_detector(model, params, split.x_train, **fit_kwargs)
+        precision = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if training_precision == "bf16"
+                     else contextlib.nullcontext())
+        with precision:
+            detector, seconds = fit_detector(model, params, split.x_train, **fit_kwargs)
         start = time.perf_counter()
         calibration, scores = detector.score(split.x_calibration), detector.score(split.x_test)
         score_seconds = time.perf_counter() - start
