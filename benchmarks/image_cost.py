@@ -6,7 +6,9 @@ test images, once per *lever*, all in one run so that every lever meets the same
 
 - ``baseline``: float32, NCHW layout, the recipe's batch size (64), one torch thread;
 - ``channels-last``: conv nets in channels_last layout (``offline.detectors.training.CHANNELS_LAST``);
-- ``bf16-autocast``: ``torch.autocast("cpu", dtype=torch.bfloat16)`` around training and scoring;
+- ``bf16-autocast``: ``torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)`` around
+  training and scoring (without ``cache_enabled=False`` one context around a whole fit keeps using
+  the weights' first bf16 copies: the model does not learn);
 - ``threads-2``: two torch threads (meaningful only when nothing else runs on the second core);
 - ``batch-256``: four times the batch (a recipe change: fewer, larger steps per epoch);
 - ``compile``: ``torch.compile`` on every network (its compile time is counted: one epoch).
@@ -83,7 +85,9 @@ def applied(lever: Lever):
     if lever.compile:
         # train_loop places every network it trains; compiling there reaches every model's nets
         training.place = lambda net, device="cpu": place(net, device).compile() or net
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if lever.autocast else contextlib.nullcontext()
+    # one autocast context around a whole fit: with its weight-cast cache on, the bf16 copies of the
+    # weights made at the first step would be reused at every later step, and the model would not learn
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False) if lever.autocast else contextlib.nullcontext()
     try:
         with autocast:
             yield

@@ -180,8 +180,10 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
     else:
         overrides = {"progress": progress, "device": device, **({"epochs": epochs} if epochs is not None else {}), **(params or {})}
         params = detector_params(model, preset, seed, overrides)
-        precision = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if training_precision == "bf16"
-                     else contextlib.nullcontext())
+        # cache_enabled=False: one context spans the whole fit, and autocast's cache would keep the weights'
+        # bf16 copies of the first step for all later ones (the model would not learn)
+        precision = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
+                     if training_precision == "bf16" else contextlib.nullcontext())
         with precision:
             detector, seconds = fit_detector(model, params, split.x_train, **fit_kwargs)
         start = time.perf_counter()
