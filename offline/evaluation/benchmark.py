@@ -55,8 +55,20 @@ class ResultsFile:
                 existing = reader.fieldnames or []
                 if existing[: len(COLUMNS)] != COLUMNS:
                     raise click.ClickException(f"{self.path}: header does not start with the DESIGN.md columns; move it aside")
-                self.columns = existing + [c for c in self.columns if c not in existing]
-                self._done = {self._identity(row) for row in reader}
+                rows = list(reader)
+                self._done = {self._identity(row) for row in rows}
+            added = [c for c in self.columns if c not in existing]
+            self.columns = existing + added
+            if added:  # a column newer than the file: rewrite it once with the wider header, old rows blank there
+                self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.path)
 
     @staticmethod
     def _identity(row: dict, **overrides) -> tuple:

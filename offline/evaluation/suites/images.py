@@ -19,7 +19,9 @@ Options (``--option key=value``): ``datasets`` (list), ``classes`` (list), ``pro
 ``preset=reduced``, never ``full``), ``train_limit``/``test_limit`` (ints; also
 ``reduced``), ``anomaly_fraction`` (float, default 0.05), ``threads`` (torch threads, default 1),
 ``params`` (JSON object model -> hyperparameter overrides, e.g. ``{"anogan": {"search_steps": 20}}``),
-``device`` (torch device, default ``cpu``).
+``device`` (torch device, default ``cpu``), ``training_precision`` (``fp32``, the default, or ``bf16``:
+training under bf16 autocast, float32 scores; a column of every row, blank in rows made before it,
+which were all fp32; ``python -m benchmarks.image_precision`` measures what it changes).
 
 The grid as a queue (``--option queue=true``): the runs issue 16 asks for, in priority order
 (:func:`grid_queue`: seed 0 of every model one complete table row at a time, twodisc's
@@ -75,7 +77,8 @@ DATASETS = ["mnist", "fashion-mnist"]
 PROTOCOLS = ["one-class", "leave-one-out", "imbalanced"]
 LABEL_FREE_RULE = f"val-fpr-{FALSE_ALARM_RATE:g}"
 RULES = [LABEL_FREE_RULE, "oracle-best-f1"]
-EXTRA_COLUMNS = ["anomaly_fraction", "train_rows", "test_rows", "test_anomalies", "score_seconds", "threshold", "flagged"]
+EXTRA_COLUMNS = ["anomaly_fraction", "train_rows", "test_rows", "test_anomalies", "score_seconds", "threshold", "flagged",
+                 "training_precision"]
 COMMAND = "python -m offline.benchmark --suite images --seeds 0,1,2"
 DEFAULT_ANOMALY_FRACTION = 0.05
 
@@ -204,7 +207,7 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
             "epochs": epochs_run, "train_seconds": round(seconds, 2), "preset": label,
             "anomaly_fraction": fraction, "train_rows": len(split.x_train), "test_rows": len(split.y_test),
             "test_anomalies": int(split.y_test.sum()), "score_seconds": round(score_seconds, 2),
-            "threshold": m["threshold"], "flagged": m["flagged"],
+            "threshold": m["threshold"], "flagged": m["flagged"], "training_precision": training_precision,
         })
     return rows, {"scores": scores, "labels": split.y_test, "detector": detector, "split": split, "threshold": thresholds[LABEL_FREE_RULE]}
 
@@ -260,6 +263,7 @@ def run(ctx) -> None:
     jobs = shard_of([job for job in jobs if not run_done(ctx.results, job, label)], options.get("shard"))
     deadline = options.get("deadline_s")
     device = str(options.get("device", "cpu"))
+    precision = str(options.get("training_precision", "fp32"))
     started = time.monotonic()
     loaded: dict[str, ImageData] = {}
     failed: list[str] = []
@@ -274,7 +278,8 @@ def run(ctx) -> None:
         try:
             rows, artefacts = run_one(loaded[dataset], protocol, model, target_class, seed, ctx.preset, epochs=epochs,
                                       train_limit=train_limit, test_limit=test_limit, anomaly_fraction=fraction,
-                                      params=dict(options.get("params", {})).get(model), device=device)
+                                      params=dict(options.get("params", {})).get(model), device=device,
+                                      training_precision=precision)
         except Exception:
             if not queue:
                 raise
@@ -398,6 +403,11 @@ def tables(rows: pd.DataFrame) -> str:
                              + (f", anomaly_fraction {fractions}" if fractions else "") + "; never mixed with the above)",
                              PUBLISHED["imbalanced"])
     lines += ["Figures: `benchmarks/figures/images-twodisc-*` (reconstructions and confusion matrix at the label-free threshold)."]
+    precision = rows.get("training_precision", pd.Series(dtype=str)).fillna("").replace("", "fp32")
+    if (precision == "bf16").any():
+        lines += ["", f"Training precision: {int((precision == 'bf16').sum())} of {len(rows)} rows trained under bf16 autocast "
+                  "(float32 scores; column `training_precision`), the rest in float32; the A/B of the two is the "
+                  "`image-precision` section."]
     return "\n".join(lines)
 
 
