@@ -10,7 +10,7 @@ new rows are merged into ``benchmarks/results/images.csv`` and the tables regene
 grid loses only the runs in flight: start it again and it resumes.
 
 - Here (2 CPU cores): ``--workers 2 --threads 1`` in the background; ``--precision auto`` trains in
-  bf16 on this CPU (see :func:`auto_precision`), each row says which in ``training_precision``.
+  bf16 on this CPU (see :func:`auto_precision`), each row says which in ``compute_precision``.
 - On a lent GPU machine (16 cores, one GPU, one call of at most 10 minutes):
   ``benchmarks/device_images.sh`` runs ``--workers 8 --device cuda --deadline-s 420`` and hands
   the merged file back; ``--merge PATH`` then takes its new rows into this checkout.
@@ -45,10 +45,10 @@ def pending_runs(results: Path = RESULTS) -> list[tuple]:
 
 
 def auto_precision(device: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """bf16 training on a CPU that computes bf16 natively, fp32 elsewhere.
+    """bf16 autocast (training and scoring) on a CPU that computes bf16 natively, fp32 elsewhere.
 
-    Here (avx512_bf16) bf16 autocast trains x1.2-1.6 faster per epoch and left AUROC unchanged in the
-    A/B of ``benchmarks/results/image_precision.csv``; a CPU without the flag ran it 10-20x slower
+    Here (avx512_bf16) bf16 autocast trains x1.2-1.6 faster per epoch (cost table) and moved AUROC by
+    +0.001 on both runs of the A/B in ``benchmarks/results/image_precision.csv``; a CPU without the flag ran it 10-20x slower
     (session 10), and on a GPU these small nets are launch-bound (not measured), so both stay fp32.
     """
     if device.split(":")[0] != "cpu" or not cpuinfo.exists():
@@ -61,7 +61,7 @@ def worker_command(index: int, workers: int, *, directory: Path, device: str, th
     command = [sys.executable, "-m", "offline.benchmark", "--suite", "images", "--preset", "full",
                "--results-dir", str(directory), "--figures-dir", str(directory / "figures"),
                "--option", "queue=true", "--option", f'shard="{index}/{workers}"', "--option", f'device="{device}"',
-               "--option", f"threads={threads}", "--option", f'training_precision="{precision}"']
+               "--option", f"threads={threads}", "--option", f'compute_precision="{precision}"']
     if deadline_s is not None:
         command += ["--option", f"deadline_s={deadline_s}"]
     return command
@@ -89,7 +89,7 @@ def _tables(results: Path) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per worker")
 @click.option("--deadline-s", type=click.FloatRange(min=0), default=None, help="no worker starts a run after this many seconds")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="training precision; auto: bf16 on a CPU with native bf16 (avx512_bf16/amx_bf16), else fp32")
+              help="compute precision (autocast around training and scoring); auto: bf16 on a CPU with native bf16 (avx512_bf16/amx_bf16), else fp32")
 @click.option("--nice", "niceness", type=click.IntRange(0, 19), default=0, show_default=True, help="run the workers at this niceness")
 @click.option("--results", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
 @click.option("--dry-run", is_flag=True, help="print the pending runs in queue order and stop")

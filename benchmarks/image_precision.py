@@ -3,9 +3,9 @@
 The cost run (``benchmarks.image_cost``) measured bf16 autocast at x1.19-x1.58 per training epoch
 on this CPU; before it can become the default of the grid, its effect on AUROC must be known. Each
 ``--runs`` entry (``dataset:model:class``) is one ``full`` one-class run of the images suite
-(:func:`offline.evaluation.suites.images.run_one`, the grid's own code), once in float32 and once
-under ``torch.autocast("cpu", dtype=torch.bfloat16)`` around training and scoring (the cost run's
-``bf16-autocast`` lever).
+(:func:`offline.evaluation.suites.images.run_one`, the grid's own code), in float32, under bf16
+autocast around training and scoring (``bf16``, as the cost run's ``bf16-autocast`` lever) and
+around training only (``bf16-train``, float32 scores).
 
 The float32 arm is taken from ``benchmarks/results/images.csv`` when that file holds the run's
 ``full`` row (``--reuse-fp32``, the default): on the CPU at one thread a run is deterministic (the
@@ -26,12 +26,11 @@ import click
 import pandas as pd
 import torch
 
-from benchmarks.image_cost import LEVERS, applied
 from offline.bundle import code_version
 from offline.data.images import load_images
 from offline.data.settings import data_store
 from offline.evaluation.benchmark import write_readme_section
-from offline.evaluation.suites.images import LABEL_FREE_RULE, run_one
+from offline.evaluation.suites.images import LABEL_FREE_RULE, PRECISIONS, run_one
 
 log = logging.getLogger("benchmarks.image_precision")
 
@@ -39,9 +38,7 @@ RESULTS = Path("benchmarks/results/image_precision.csv")
 GRID_RESULTS = Path("benchmarks/results/images.csv")
 COMMAND = "python -m benchmarks.image_precision"
 DEFAULT_RUNS = "mnist:ae:0,fashion-mnist:twodisc:0"
-#: fp32; bf16: autocast around training and scoring (the cost run's lever); bf16-train: autocast around
-#: training only, scores in float32 (a reconstruction error summed from bf16 outputs carries their rounding)
-PRECISIONS = ("fp32", "bf16", "bf16-train")
+
 KEEP = ["auroc", "auprc", "epochs", "train_seconds", "score_seconds", "preset", "code_version"]
 
 
@@ -68,10 +65,7 @@ def grid_row(dataset: str, model: str, target_class: int, seed: int, grid: Path 
 
 
 def measure(data, model: str, target_class: int, seed: int, precision: str, **limits) -> dict:
-    lever = LEVERS["bf16-autocast" if precision == "bf16" else "channels-last"]  # channels-last: the code's default
-    with applied(lever):
-        rows, _ = run_one(data, "one-class", model, target_class, seed, "full",
-                          training_precision="bf16" if precision == "bf16-train" else "fp32", **limits)
+    rows, _ = run_one(data, "one-class", model, target_class, seed, "full", compute_precision=precision, **limits)
     row = next(r for r in rows if r["threshold_rule"] == LABEL_FREE_RULE)
     return {key: row[key] for key in KEEP if key in row} | {"code_version": code_version()}
 

@@ -95,12 +95,12 @@ def test_a_failing_queued_run_is_logged_left_pending_and_the_queue_goes_on(store
                                     threshold_rule=rule, preset="quick"))
     ctx = SuiteContext(suite="images", results=ResultsFile(path, suite.EXTRA_COLUMNS), store=store, preset="quick", seeds=[0],
                        models=None, figures_dir=tmp_path / "fig",
-                       options={"queue": True, "params": {"geom": {"no_such_setting": 1}}, "training_precision": "bf16"})
+                       options={"queue": True, "params": {"geom": {"no_such_setting": 1}}, "compute_precision": "bf16"})
     with pytest.raises(RuntimeError, match="1 queued run.*geom class 3 seed 0"):
         suite.run(ctx)
     rows = pd.read_csv(path, dtype={"target_class": str})
     ran = rows[rows["auroc"].notna()]
-    assert set(zip(ran["model"], ran["target_class"], ran["seed"], ran["training_precision"])) == {("ae", "4", 1, "bf16")}
+    assert set(zip(ran["model"], ran["target_class"], ran["seed"], ran["compute_precision"])) == {("ae", "4", 1, "bf16")}
     assert suite.run_done(ResultsFile(path, suite.EXTRA_COLUMNS), healthy, "quick")
     assert not suite.run_done(ResultsFile(path, suite.EXTRA_COLUMNS), broken, "quick")  # pending for the next start
 
@@ -111,16 +111,16 @@ def test_a_results_file_older_than_a_column_is_rewritten_with_it(tmp_path):
     path = tmp_path / "images.csv"
     old = ResultsFile(path, ["train_rows"])
     old.append({"dataset": "mnist", "model": "ae", "seed": 0, "auroc": 0.9, "train_rows": 10})
-    wider = ResultsFile(path, ["train_rows", "training_precision"])  # the new column joins the header once
-    wider.append({"dataset": "mnist", "model": "vae", "seed": 0, "auroc": 0.8, "train_rows": 12, "training_precision": "bf16"})
+    wider = ResultsFile(path, ["train_rows", "compute_precision"])  # the new column joins the header once
+    wider.append({"dataset": "mnist", "model": "vae", "seed": 0, "auroc": 0.8, "train_rows": 12, "compute_precision": "bf16"})
     rows = pd.read_csv(path, keep_default_na=False)
-    assert list(rows.columns) == [*COLUMNS, "train_rows", "training_precision"]
-    assert list(rows["model"]) == ["ae", "vae"] and list(rows["training_precision"]) == ["", "bf16"]
+    assert list(rows.columns) == [*COLUMNS, "train_rows", "compute_precision"]
+    assert list(rows["model"]) == ["ae", "vae"] and list(rows["compute_precision"]) == ["", "bf16"]
     assert list(rows["train_rows"]) == [10, 12] and wider.has(dataset="mnist", model="ae", seed=0)
     # a worker's file in the older layout still merges into the wider one
     worker = tmp_path / "worker.csv"
     ResultsFile(worker, ["train_rows"]).append({"dataset": "mnist", "model": "dcgan", "seed": 0, "auroc": 0.7, "train_rows": 9})
-    assert merge_new_rows(worker, path, ["train_rows", "training_precision"]) == 1
+    assert merge_new_rows(worker, path, ["train_rows", "compute_precision"]) == 1
     assert list(pd.read_csv(path)["model"]) == ["ae", "vae", "dcgan"]
 
 
@@ -133,7 +133,7 @@ def test_grid_trains_in_bf16_only_where_the_cpu_has_it(tmp_path):
     assert auto_precision("cpu", with_bf16) == "bf16" and auto_precision("cpu", without) == "fp32"
     assert auto_precision("cuda", with_bf16) == "fp32"
     command = worker_command(0, 2, directory=tmp_path, device="cpu", threads=1, deadline_s=None, precision="bf16")
-    assert 'training_precision="bf16"' in command
+    assert 'compute_precision="bf16"' in command
 
 
 def test_image_cost_times_levers_in_one_run(store, tmp_path, monkeypatch):

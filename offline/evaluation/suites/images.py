@@ -19,9 +19,10 @@ Options (``--option key=value``): ``datasets`` (list), ``classes`` (list), ``pro
 ``preset=reduced``, never ``full``), ``train_limit``/``test_limit`` (ints; also
 ``reduced``), ``anomaly_fraction`` (float, default 0.05), ``threads`` (torch threads, default 1),
 ``params`` (JSON object model -> hyperparameter overrides, e.g. ``{"anogan": {"search_steps": 20}}``),
-``device`` (torch device, default ``cpu``), ``training_precision`` (``fp32``, the default, or ``bf16``:
-training under bf16 autocast, float32 scores; a column of every row, blank in rows made before it,
-which were all fp32; ``python -m benchmarks.image_precision`` measures what it changes).
+``device`` (torch device, default ``cpu``), ``compute_precision`` (``fp32``, the default; ``bf16``:
+bf16 autocast around training and scoring; ``bf16-train``: around training only; a column of every
+row, blank in rows made before it, which were all fp32; ``python -m benchmarks.image_precision``
+measures what it changes).
 
 The grid as a queue (``--option queue=true``): the runs issue 16 asks for, in priority order
 (:func:`grid_queue`: seed 0 of every model one complete table row at a time, twodisc's
@@ -78,9 +79,10 @@ PROTOCOLS = ["one-class", "leave-one-out", "imbalanced"]
 LABEL_FREE_RULE = f"val-fpr-{FALSE_ALARM_RATE:g}"
 RULES = [LABEL_FREE_RULE, "oracle-best-f1"]
 EXTRA_COLUMNS = ["anomaly_fraction", "train_rows", "test_rows", "test_anomalies", "score_seconds", "threshold", "flagged",
-                 "training_precision"]
+                 "compute_precision"]
 COMMAND = "python -m offline.benchmark --suite images --seeds 0,1,2"
 DEFAULT_ANOMALY_FRACTION = 0.05
+PRECISIONS = ("fp32", "bf16", "bf16-train")
 
 
 #: seed 0 of the one-class grid runs one model at a time (its row of the table on both datasets);
@@ -151,14 +153,14 @@ def is_reduced(preset: str, epochs: int | None, train_limit, test_limit) -> bool
 def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed: int, preset: str, *, epochs: int | None = None,
             train_limit: int | None = None, test_limit: int | None = None, anomaly_fraction: float = DEFAULT_ANOMALY_FRACTION,
             params: dict | None = None, progress: bool = False, device: str = "cpu",
-            training_precision: str = "fp32") -> tuple[list[dict], dict]:
+            compute_precision: str = "fp32") -> tuple[list[dict], dict]:
     """One run -> (CSV rows, one per threshold rule; artefacts: scores, labels, detector, split).
 
-    ``training_precision="bf16"`` trains under bf16 autocast and scores in float32
-    (``benchmarks.image_precision`` measures what that costs in AUROC).
+    ``compute_precision``: ``fp32``, ``bf16`` (bf16 autocast around training and scoring) or
+    ``bf16-train`` (around training only); ``benchmarks.image_precision`` measures what each costs in AUROC.
     """
-    if training_precision not in ("fp32", "bf16"):
-        raise ValueError(f"training_precision must be 'fp32' or 'bf16', not {training_precision!r}")
+    if compute_precision not in PRECISIONS:
+        raise ValueError(f"compute_precision must be one of {', '.join(PRECISIONS)}, not {compute_precision!r}")
     if preset == "quick":
         train_limit, test_limit = train_limit or QUICK_TRAIN_IMAGES, test_limit or QUICK_TEST_IMAGES
     if protocol == "leave-one-out":
@@ -183,14 +185,11 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
     else:
         overrides = {"progress": progress, "device": device, **({"epochs": epochs} if epochs is not None else {}), **(params or {})}
         params = detector_params(model, preset, seed, overrides)
-        # cache_enabled=False: one context spans the whole fit, and autocast's cache would keep the weights'
-        # bf16 copies of the first step for all later ones (the model would not learn)
-        precision = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
-                     if training_precision == "bf16" else contextlib.nullcontext())
-        with precision:
+        with _autocast(device, compute_precision != "fp32"):
             detector, seconds = fit_detector(model, params, split.x_train, **fit_kwargs)
         start = time.perf_counter()
-        calibration, scores = detector.score(split.x_calibration), detector.score(split.x_test)
+        with _autocast(device, compute_precision == "bf16"):
+            calibration, scores = detector.score(split.x_calibration), detector.score(split.x_test)
         score_seconds = time.perf_counter() - start
         history = getattr(detector, "history", [])
         epochs_run = max((row.get("epoch", 0) for row in history if row.get("phase") in (None, "wgan-gp")), default=len(history))
@@ -207,9 +206,17 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
             "epochs": epochs_run, "train_seconds": round(seconds, 2), "preset": label,
             "anomaly_fraction": fraction, "train_rows": len(split.x_train), "test_rows": len(split.y_test),
             "test_anomalies": int(split.y_test.sum()), "score_seconds": round(score_seconds, 2),
-            "threshold": m["threshold"], "flagged": m["flagged"], "training_precision": training_precision,
+            "threshold": m["threshold"], "flagged": m["flagged"], "compute_precision": compute_precision,
         })
     return rows, {"scores": scores, "labels": split.y_test, "detector": detector, "split": split, "threshold": thresholds[LABEL_FREE_RULE]}
+
+
+def _autocast(device: str, enabled: bool):
+    # cache_enabled=False: one context spans a whole fit, and autocast's cache would keep the weights'
+    # bf16 copies of the first step for all later ones (the model would not learn)
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def twodisc_figures(artefacts: dict, figures_dir: Path, *, dataset: str, protocol: str, target_class: int, suffix: str = "") -> list[Path]:
@@ -263,7 +270,7 @@ def run(ctx) -> None:
     jobs = shard_of([job for job in jobs if not run_done(ctx.results, job, label)], options.get("shard"))
     deadline = options.get("deadline_s")
     device = str(options.get("device", "cpu"))
-    precision = str(options.get("training_precision", "fp32"))
+    precision = str(options.get("compute_precision", "fp32"))
     started = time.monotonic()
     loaded: dict[str, ImageData] = {}
     failed: list[str] = []
@@ -279,7 +286,7 @@ def run(ctx) -> None:
             rows, artefacts = run_one(loaded[dataset], protocol, model, target_class, seed, ctx.preset, epochs=epochs,
                                       train_limit=train_limit, test_limit=test_limit, anomaly_fraction=fraction,
                                       params=dict(options.get("params", {})).get(model), device=device,
-                                      training_precision=precision)
+                                      compute_precision=precision)
         except Exception:
             if not queue:
                 raise
@@ -403,11 +410,11 @@ def tables(rows: pd.DataFrame) -> str:
                              + (f", anomaly_fraction {fractions}" if fractions else "") + "; never mixed with the above)",
                              PUBLISHED["imbalanced"])
     lines += ["Figures: `benchmarks/figures/images-twodisc-*` (reconstructions and confusion matrix at the label-free threshold)."]
-    precision = rows.get("training_precision", pd.Series(dtype=str)).fillna("").replace("", "fp32")
-    if (precision == "bf16").any():
-        lines += ["", f"Training precision: {int((precision == 'bf16').sum())} of {len(rows)} rows trained under bf16 autocast "
-                  "(float32 scores; column `training_precision`), the rest in float32; the A/B of the two is the "
-                  "`image-precision` section."]
+    precision = rows.get("compute_precision", pd.Series(dtype=str)).fillna("").replace("", "fp32")
+    if (precision != "fp32").any():
+        counts = ", ".join(f"{count} {name}" for name, count in precision.value_counts().items())
+        lines += ["", f"Compute precision (column `compute_precision`; bf16: autocast around training and scoring): {counts} "
+                  "of the rows above; the A/B of the precisions is the `image-precision` section."]
     return "\n".join(lines)
 
 
