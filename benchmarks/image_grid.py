@@ -112,7 +112,7 @@ def main(workers, device, threads, deadline_s, precision, niceness, results, dry
     if not pending:
         return
     precision = auto_precision(device) if precision == "auto" else precision
-    click.echo(f"training precision: {precision}")
+    click.echo(f"compute precision: {precision}")
     processes = []
     for index in range(min(workers, len(pending))):
         directory = WORKDIR / f"worker-{index}"
