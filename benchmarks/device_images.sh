@@ -8,7 +8,8 @@
 #   python -m benchmarks.image_grid --merge <files_at>/images.csv
 #   tar -xzf <files_at>/figures.tgz -C benchmarks/figures     # twodisc's reconstruction grids and confusion matrices
 #
-# Rows made there carry code_version "<CODE_VERSION>+gpu", so the tables' timings can be told apart.
+# Rows made there carry code_version "0.1.0+unknown" (the tree travels without .git and uninstalled); their
+# seconds are GPU seconds. (Tagging them from CODE_VERSION needs a settings field: only settings read the environment.)
 #
 # That machine has python3 with torch, numpy, pandas, scikit-learn, scipy, click, tqdm, safetensors and
 # matplotlib but no pydantic; carry these wheels (made here once, ignored by git):
@@ -34,7 +35,6 @@ else
   export PYTHONPATH="$PWD"
 fi
 export PYTHONUNBUFFERED=1 STREAMDETECT_DATA__DATA_DIR="$PWD/data" STREAMDETECT_DATA__ALLOW_DOWNLOAD=false
-export STREAMDETECT_CODE_VERSION="${CODE_VERSION:-unknown}+gpu"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 python3 -m benchmarks.image_grid --dry-run | head -n 1

@@ -83,11 +83,6 @@ def array_fingerprint(X: np.ndarray) -> str:
 def code_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    # a tree copied without .git or an installed package (the lent GPU machine, benchmarks/device_images.sh)
-    # is told its version, and where it ran, from outside
-    if os.environ.get("STREAMDETECT_CODE_VERSION"):
-        return os.environ["STREAMDETECT_CODE_VERSION"]
-
     try:
         package = version("streamdetect")
     except PackageNotFoundError:

@@ -224,7 +224,11 @@ def _java() -> str:
 
 def _cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, url-safe base64 without padding (as StorageTool random-uuid)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # one id in 64 starts with '-', which StorageTool's argument parser takes for an option (as Kafka's Uuid avoids)
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 LOG4J2_PROPERTIES = """\
