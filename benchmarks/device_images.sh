@@ -1,15 +1,14 @@
 #!/bin/bash
 # The image grid on a lent GPU machine (issue 16), in one call of the `device` tool:
 #
-#   run(command="CODE_VERSION=$(.venv/bin/python -c 'from offline.bundle import code_version; print(code_version())') bash benchmarks/device_images.sh",
-#       carry=[".whl", "data/mnist", "data/fashion-mnist"], timeout_s=600)
+#   run(command="bash benchmarks/device_images.sh", carry=[".whl", "data/mnist", "data/fashion-mnist"], timeout_s=600)
 #
-# (write the CODE_VERSION value here and paste it in: the command runs there) and back here:
+# and back here:
 #   python -m benchmarks.image_grid --merge <files_at>/images.csv
 #   tar -xzf <files_at>/figures.tgz -C benchmarks/figures     # twodisc's reconstruction grids and confusion matrices
 #
 # Rows made there carry code_version "0.1.0+unknown" (the tree travels without .git and uninstalled); their
-# seconds are GPU seconds. (Tagging them from CODE_VERSION needs a settings field: only settings read the environment.)
+# seconds are GPU seconds.
 #
 # That machine has python3 with torch, numpy, pandas, scikit-learn, scipy, click, tqdm, safetensors and
 # matplotlib but no pydantic; carry these wheels (made here once, ignored by git):

@@ -1,7 +1,7 @@
 """Does bf16 autocast change what an image model detects? ``python -m benchmarks.image_precision``.
 
-The cost run (``benchmarks.image_cost``) measured bf16 autocast at x1.19-x1.58 per training epoch
-on this CPU; before it can become the default of the grid, its effect on AUROC must be known. Each
+The cost run (``benchmarks.image_cost``) measured bf16 autocast at x1.22-x1.58 per training epoch
+on this CPU (``benchmarks/results/image_cost_bf16.csv``); before it can become the default of the grid, its effect on AUROC must be known. Each
 ``--runs`` entry (``dataset:model:class``) is one ``full`` one-class run of the images suite
 (:func:`offline.evaluation.suites.images.run_one`, the grid's own code), in float32, under bf16
 autocast around training and scoring (``bf16``, as the cost run's ``bf16-autocast`` lever) and
@@ -54,13 +54,14 @@ def parse_runs(text: str) -> list[tuple[str, str, int]]:
 
 
 def grid_row(dataset: str, model: str, target_class: int, seed: int, grid: Path = GRID_RESULTS) -> dict | None:
-    """The grid's ``full`` one-class row of this run at the label-free threshold, if it has one."""
+    """The grid's ``full`` float32 one-class row of this run at the label-free threshold, if it has one."""
     if not grid.exists():
         return None
     rows = pd.read_csv(grid, dtype={"target_class": str})
     match = rows[(rows["dataset"] == dataset) & (rows["protocol"] == "one-class") & (rows["model"] == model)
                  & (rows["target_class"] == str(target_class)) & (rows["seed"] == seed) & (rows["preset"] == "full")
-                 & (rows["threshold_rule"] == LABEL_FREE_RULE)]
+                 & (rows["threshold_rule"] == LABEL_FREE_RULE)
+                 & rows.get("compute_precision", pd.Series("", index=rows.index)).fillna("").isin(["", "fp32"])]
     return None if match.empty else match.iloc[0][KEEP].to_dict()
 
 
