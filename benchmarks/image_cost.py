@@ -85,11 +85,8 @@ def applied(lever: Lever):
     if lever.compile:
         # train_loop places every network it trains; compiling there reaches every model's nets
         training.place = lambda net, device="cpu": place(net, device).compile() or net
-    # one autocast context around a whole fit: with its weight-cast cache on, the bf16 copies of the
-    # weights made at the first step would be reused at every later step, and the model would not learn
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False) if lever.autocast else contextlib.nullcontext()
     try:
-        with autocast:
+        with training.bf16_autocast("cpu", lever.autocast):
             yield
     finally:
         torch.set_num_threads(threads)

@@ -79,6 +79,26 @@ def test_run_one_protocols_and_columns(mnist):
         run_one(mnist, "imbalanced", "vae", 1, 0, "quick")
 
 
+def test_a_bf16_fit_learns_like_float32(mnist):
+    """One bf16 autocast context spans a whole fit; with autocast's weight-cast cache on, every step
+    reused the first step's bf16 weights and the AE did not learn (loss 725 -> 697 against 670 -> 241)."""
+    from offline.detectors.training import bf16_autocast
+    from offline.training.images import detector_params, fit_detector
+
+    images = mnist.x_train[mnist.y_train == 0][:128]
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        params = detector_params("ae", "quick", 0, {"epochs": 8, "progress": False, "batch_size": 32})
+        with bf16_autocast("cpu", precision == "bf16"):
+            detector, _ = fit_detector("ae", params, images)
+        train = [row["train_loss"] for row in detector.history]
+        losses[precision] = (train[0], train[-1])
+    (fp32_first, fp32_last), (bf16_first, bf16_last) = losses["fp32"], losses["bf16"]
+    assert fp32_last < 0.7 * fp32_first, losses  # the slice is enough to learn on
+    assert bf16_last < 0.7 * bf16_first, losses
+    assert abs(bf16_last - fp32_last) < 0.15 * fp32_last, losses
+
+
 def test_suite_appends_resumes_and_draws_tables(store, tmp_path):
     from offline.evaluation.benchmark import ResultsFile, SuiteContext
     from offline.evaluation.suites import images as suite

@@ -10,6 +10,7 @@ callback, and early stopping on a validation loss with the best weights restored
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -41,6 +42,17 @@ def place(net: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
     if CHANNELS_LAST and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in net.modules()):
         net.to(memory_format=torch.channels_last)
     return net
+
+
+def bf16_autocast(device: str | torch.device = "cpu", enabled: bool = True):
+    """bf16 autocast on ``device``'s type for a whole fit or scoring pass (a null context when not
+    ``enabled``). ``cache_enabled=False``: one context spans every optimizer step, and autocast's
+    weight-cast cache would keep the bf16 copies of the weights made at the first step for all
+    later ones, so the model would not learn (seen: an AE's loss 725 -> 697 in 10 epochs, float32's
+    670 -> 241; test ``test_a_bf16_fit_learns_like_float32``)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -44,7 +44,6 @@ are labelled ``preset=reduced`` with their ``epochs`` and ``train_rows``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from offline.data.images import ImageData, load_images
+from offline.detectors.training import bf16_autocast
 from offline.metrics import oracle_best_f1_threshold, ranking_metrics, threshold_at_false_alarm_rate, thresholded_metrics
 from offline.training.images import (
     CALIBRATION_FRACTION,
@@ -185,10 +185,10 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
     else:
         overrides = {"progress": progress, "device": device, **({"epochs": epochs} if epochs is not None else {}), **(params or {})}
         params = detector_params(model, preset, seed, overrides)
-        with _autocast(device, compute_precision != "fp32"):
+        with bf16_autocast(device, compute_precision != "fp32"):
             detector, seconds = fit_detector(model, params, split.x_train, **fit_kwargs)
         start = time.perf_counter()
-        with _autocast(device, compute_precision == "bf16"):
+        with bf16_autocast(device, compute_precision == "bf16"):
             calibration, scores = detector.score(split.x_calibration), detector.score(split.x_test)
         score_seconds = time.perf_counter() - start
         history = getattr(detector, "history", [])
@@ -209,14 +209,6 @@ def run_one(data: ImageData, protocol: str, model: str, target_class: int, seed:
             "threshold": m["threshold"], "flagged": m["flagged"], "compute_precision": compute_precision,
         })
     return rows, {"scores": scores, "labels": split.y_test, "detector": detector, "split": split, "threshold": thresholds[LABEL_FREE_RULE]}
-
-
-def _autocast(device: str, enabled: bool):
-    # cache_enabled=False: one context spans a whole fit, and autocast's cache would keep the weights'
-    # bf16 copies of the first step for all later ones (the model would not learn)
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def twodisc_figures(artefacts: dict, figures_dir: Path, *, dataset: str, protocol: str, target_class: int, suffix: str = "") -> list[Path]:
