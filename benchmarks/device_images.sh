@@ -1,14 +1,14 @@
 #!/bin/bash
 # The image grid on a lent GPU machine (issue 16), in one call of the `device` tool:
 #
-#   run(command="bash benchmarks/device_images.sh", carry=[".whl", "data/mnist", "data/fashion-mnist"], timeout_s=600)
+#   run(command="COMMIT=<git rev-parse --short HEAD> bash benchmarks/device_images.sh", carry=[".whl", "data/mnist", "data/fashion-mnist"], timeout_s=600)
 #
 # and back here:
 #   python -m benchmarks.image_grid --merge <files_at>/images.csv
 #   tar -xzf <files_at>/figures.tgz -C benchmarks/figures     # twodisc's reconstruction grids and confusion matrices
 #
-# Rows made there carry code_version "0.1.0+unknown" (the tree travels without .git and uninstalled); their
-# seconds are GPU seconds.
+# The tree travels without .git: COMMIT (typed into the command) stamps its rows code_version
+# "0.1.0+<COMMIT>+gpu" through the code_version setting, and marks their seconds as GPU seconds.
 #
 # That machine has python3 with torch, numpy, pandas, scikit-learn, scipy, click, tqdm, safetensors and
 # matplotlib but no pydantic; carry these wheels (made here once, ignored by git):
@@ -34,6 +34,7 @@ else
   export PYTHONPATH="$PWD"
 fi
 export PYTHONUNBUFFERED=1 STREAMDETECT_DATA__DATA_DIR="$PWD/data" STREAMDETECT_DATA__ALLOW_DOWNLOAD=false
+export STREAMDETECT_CODE_VERSION="0.1.0+${COMMIT:-unknown}+gpu"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 python3 -m benchmarks.image_grid --dry-run | head -n 1

@@ -81,8 +81,13 @@ def array_fingerprint(X: np.ndarray) -> str:
 
 
 def code_version() -> str:
+    """``<package version>+<git commit>``, or the ``code_version`` setting where one is set."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from offline.settings import OfflineSettings
+
+    if configured := OfflineSettings().code_version:
+        return configured
     try:
         package = version("streamdetect")
     except PackageNotFoundError:

@@ -21,3 +21,6 @@ class OfflineSettings(BaseSettings):
 
     data: DataSettings = Field(default_factory=DataSettings)
     registry_dir: Path = Field(Path("registry"), description="bundle registry: <registry>/<feed>/<version>/")
+    code_version: str | None = Field(
+        None, description="the code version stamped on result rows and bundles, in place of <package>+<git commit>: "
+                          "for a copy of the tree without its git history (the lent GPU machine)")

@@ -81,3 +81,10 @@ def test_registry_promote_and_rollback(trained, tmp_path):
         bundles.rollback(tmp_path, "transactions")
     with pytest.raises(bundles.BundleError, match="no such bundle"):
         bundles.promote(tmp_path, "transactions", "v0042")
+
+
+def test_code_version_is_the_commit_or_the_setting(monkeypatch):
+    monkeypatch.delenv("STREAMDETECT_CODE_VERSION", raising=False)
+    assert not bundles.code_version().endswith("+gpu")  # <package>+<git commit> in a checkout
+    monkeypatch.setenv("STREAMDETECT_CODE_VERSION", "0.1.0+abc1234+gpu")
+    assert bundles.code_version() == "0.1.0+abc1234+gpu"
