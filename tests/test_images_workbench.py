@@ -173,6 +173,12 @@ def test_sample_latent_and_gan_vs_vae_on_a_slice(mnist, tmp_path, monkeypatch):
     assert np.isnan(vae["latent_probe_accuracy"]) or 0 < vae["latent_probe_accuracy"] <= 1
     assert vae["encoder_probe_accuracy"] > 0.3  # VAE means carry class structure already (chance: 0.1)
     assert "GAN vs VAE" in gan_vs_vae.table(rows) and gan_vs_vae.figures_from(rows, tmp_path / "fig")
+    # rows brought back from another machine: only those the file lacks are added, once
+    brought = rows.assign(seed=rows["seed"] + 1)
+    pd.concat([rows.iloc[:1], brought]).to_csv(tmp_path / "brought.csv", index=False)
+    merged, added = gan_vs_vae.merge_rows(tmp_path / "brought.csv", tmp_path / "gvv.csv")
+    assert added == 2 and sorted(merged["seed"]) == [0, 0, 1, 1]
+    assert gan_vs_vae.merge_rows(tmp_path / "brought.csv", tmp_path / "gvv.csv")[1] == 0
 
 
 def test_generation_rates_judge_conditional_and_unconditional_models(mnist, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ PER_EPOCH_SAMPLES = 2000
 
 
 def compare(data, *, seeds: list[int], epochs: int, train_limit: int | None, classifier_epochs: int, samples: int,
-            results: Path = RESULTS, figures: Path = FIGURES, progress: bool = True) -> pd.DataFrame:
+            results: Path = RESULTS, figures: Path = FIGURES, progress: bool = True, device: str = "cpu") -> pd.DataFrame:
     from offline.generative.measures import (
         FeatureClassifier,
         encoder_probe,
@@ -45,7 +45,7 @@ def compare(data, *, seeds: list[int], epochs: int, train_limit: int | None, cla
     )
 
     done = pd.read_csv(results) if Path(results).exists() else pd.DataFrame()
-    classifier = FeatureClassifier(data, epochs=classifier_epochs, seed=0, progress=progress)
+    classifier = FeatureClassifier(data, epochs=classifier_epochs, seed=0, progress=progress, device=device)
     log.info("classifier test accuracy on %s: %.4f", data.name, classifier.test_accuracy)
     real = classifier.features(data.x_test)
     rng = np.random.default_rng(0)
@@ -55,14 +55,14 @@ def compare(data, *, seeds: list[int], epochs: int, train_limit: int | None, cla
     for seed in seeds:
         for model in ("dcgan", "vae"):
             key = dict(dataset=data.name, model=model, seed=seed, epochs=epochs, train_limit=train_limit or 0)
-            if not done.empty and ((done[list(key)] == pd.Series(key)).all(axis=1)).any():
+            if not done.empty and ((done[KEY] == pd.Series(key)).all(axis=1)).any():
                 continue
 
             def per_epoch(det, seed=seed):
                 return {"frechet_classifier_2k": measure(det, classifier, real_small, n_classes, n=PER_EPOCH_SAMPLES, seed=seed)["frechet_classifier"]}
 
             detector, history = train_all_classes(data, model, seed=seed, epochs=epochs, train_limit=train_limit, per_epoch=per_epoch,
-                                                  progress=progress)
+                                                  progress=progress, device=device)
             final = measure(detector, classifier, real, n_classes, n=samples, seed=seed)
             last = [h["frechet_classifier_2k"] for h in history[-LAST_EPOCHS:]]
             row = {**key, **final, "frechet_last_epochs_std": float(np.std(last)) if len(last) > 1 else float("nan"),
@@ -78,6 +78,22 @@ def compare(data, *, seeds: list[int], epochs: int, train_limit: int | None, cla
             log.info("%s %s seed %d: Frechet (classifier) %.2f, classes covered %d", data.name, model, seed, final["frechet_classifier"],
                      final["classes_covered"])
     return pd.read_csv(results)
+
+
+KEY = ["dataset", "model", "seed", "epochs", "train_limit"]
+
+
+def merge_rows(source: Path, results: Path = RESULTS) -> tuple[pd.DataFrame, int]:
+    """Append the rows of ``source`` whose (dataset, model, seed, epochs, train_limit) ``results`` lacks."""
+    new = pd.read_csv(source)
+    if missing := set(KEY) - set(new.columns):
+        raise click.UsageError(f"{source} is not a gan_vs_vae results file: no column {', '.join(sorted(missing))}")
+    done = pd.read_csv(results) if Path(results).exists() else new.iloc[:0]
+    have = set(map(tuple, done[KEY].astype(str).values))
+    fresh = new[[tuple(row) not in have for row in new[KEY].astype(str).values]]
+    if not fresh.empty:
+        fresh.to_csv(results, mode="a", header=not Path(results).exists(), index=False)
+    return pd.read_csv(results), len(fresh)
 
 
 def figures_from(rows: pd.DataFrame, figures: Path = FIGURES) -> list[Path]:
@@ -144,7 +160,12 @@ def table(rows: pd.DataFrame) -> str:
 @click.option("--classifier-epochs", type=int, default=2, show_default=True)
 @click.option("--samples", type=int, default=10_000, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
-def main(datasets, seeds, epochs, train_limit, classifier_epochs, samples, threads):
+@click.option("--device", default="cpu", show_default=True, help="torch device of the generators and the classifier (cpu, cuda)")
+@click.option("--results", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
+@click.option("--no-readme", is_flag=True, help="write rows only: no figures, no README table (e.g. on the GPU machine)")
+@click.option("--merge", "merge_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="only add the rows of this file (e.g. one brought back from a GPU machine) that --results lacks, then redraw")
+def main(datasets, seeds, epochs, train_limit, classifier_epochs, samples, threads, device, results, no_readme, merge_path):
     """Train DCGAN and VAE per seed and measure them in our classifier's feature space."""
     import torch
 
@@ -153,12 +174,17 @@ def main(datasets, seeds, epochs, train_limit, classifier_epochs, samples, threa
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
-    store = data_store()
     rows = None
-    for dataset in datasets:
-        rows = compare(load_images(dataset, store), seeds=[int(s) for s in seeds.split(",")], epochs=epochs, train_limit=train_limit,
-                       classifier_epochs=classifier_epochs, samples=samples)
-    if rows is not None and not rows.empty:
+    if merge_path is not None:
+        rows, added = merge_rows(merge_path, results)
+        click.echo(f"{added} new rows of {merge_path} merged into {results}")
+    else:
+        store = data_store()
+        for dataset in datasets:
+            rows = compare(load_images(dataset, store), seeds=[int(s) for s in seeds.split(",")], epochs=epochs,
+                           train_limit=train_limit, classifier_epochs=classifier_epochs, samples=samples, results=results,
+                           device=device)
+    if rows is not None and not rows.empty and not no_readme:
         figures_from(rows)
         write_readme_section("gan-vs-vae", table(rows))
         click.echo(table(rows))

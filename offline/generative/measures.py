@@ -35,7 +35,7 @@ from sklearn.model_selection import train_test_split
 
 from offline.data.images import ImageData
 from offline.detectors import Detector, make_detector
-from offline.detectors.training import adam_step, predict_in_chunks, seed_everything, train_loop
+from offline.detectors.training import adam_step, place, predict_in_chunks, seed_everything, train_loop
 
 log = logging.getLogger("offline.generative.measures")
 
@@ -46,7 +46,8 @@ RUNS = Path("runs/generative")
 class FeatureClassifier:
     """A small conv classifier trained on the dataset's train split; ``features`` = its 128-d embedding."""
 
-    def __init__(self, data: ImageData, *, epochs: int = 2, train_limit: int | None = None, seed: int = 0, progress: bool = True):
+    def __init__(self, data: ImageData, *, epochs: int = 2, train_limit: int | None = None, seed: int = 0, progress: bool = True,
+                 device: str = "cpu"):
         from offline.models.images import SmallClassifier
 
         generator = seed_everything(seed)
@@ -54,17 +55,18 @@ class FeatureClassifier:
         if train_limit:
             keep = np.random.default_rng(seed).permutation(len(y))[:train_limit]
             x, y = x[keep], y[keep]
-        self.net = SmallClassifier(x.shape[1], len(data.class_names), image_size=x.shape[-1])
+        self.device = device
+        self.net = place(SmallClassifier(x.shape[1], len(data.class_names), image_size=x.shape[-1]), device)
         step = adam_step(self.net, lambda batch: F.cross_entropy(self.net(batch[0]), batch[1]), lr=1e-3)
         self.history = train_loop(self.net, step, (x, y), epochs=epochs, batch_size=128, generator=generator, desc="classifier",
-                                  progress=progress)
+                                  progress=progress, device=device)
         self.test_accuracy = float((self.predict(data.x_test) == data.y_test).mean())
 
     def features(self, X: np.ndarray) -> np.ndarray:
-        return predict_in_chunks(self.net.features, np.asarray(X, np.float32), chunk=1024)
+        return predict_in_chunks(self.net.features, np.asarray(X, np.float32), chunk=1024, device=self.device)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return predict_in_chunks(lambda x: self.net(x).argmax(1), np.asarray(X, np.float32), chunk=1024).astype(np.int64)
+        return predict_in_chunks(lambda x: self.net(x).argmax(1), np.asarray(X, np.float32), chunk=1024, device=self.device).astype(np.int64)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,7 +98,7 @@ def latent_size(detector: Detector) -> int:
 def decode(detector: Detector, z: np.ndarray) -> np.ndarray:
     if hasattr(detector, "decode"):  # VAE
         return detector.decode(z)
-    return predict_in_chunks(lambda t: detector._out(detector.nets["G"](t)), z.astype(np.float32), chunk=512)
+    return predict_in_chunks(lambda t: detector._out(detector.nets["G"](t)), z.astype(np.float32), chunk=512, device=detector.device)
 
 
 def prior(n: int, dim: int, seed: int) -> np.ndarray:
@@ -169,7 +171,7 @@ GENERATIVE_DEFAULTS = {"vae": {"latent_dim": 16}, "cvae": {"latent_dim": 16}}
 
 
 def train_all_classes(data: ImageData, model: str, *, seed: int, epochs: int, train_limit: int | None, runs: Path = RUNS,
-                      per_epoch: callable | None = None, progress: bool = True) -> tuple[Detector, list[dict]]:
+                      per_epoch: callable | None = None, progress: bool = True, device: str = "cpu") -> tuple[Detector, list[dict]]:
     """Train ``model`` on every class; per-epoch measurements via ``per_epoch(detector) -> dict``
     (the detector's ``on_epoch_end`` callback, called by the training loop after every epoch)."""
     from offline.training.images import load_image_model, save_image_model
@@ -179,7 +181,7 @@ def train_all_classes(data: ImageData, model: str, *, seed: int, epochs: int, tr
         detector, manifest = load_image_model(directory)
         return detector, manifest.get("extra", {}).get("per_epoch", [])
     x, y = training_images(data, train_limit, seed)
-    params = {**GENERATIVE_DEFAULTS.get(model, {}), "epochs": epochs, "seed": seed, "progress": progress}
+    params = {**GENERATIVE_DEFAULTS.get(model, {}), "epochs": epochs, "seed": seed, "progress": progress, "device": device}
     detector = make_detector(model, **params)
     per_epoch_rows: list[dict] = []
     start = time.perf_counter()
