@@ -234,7 +234,9 @@ def test_geom_dirichlet_score_fits_concentrations_and_round_trips(digits, tmp_pa
     detector.fit(digits["train"])
     assert detector.score_mode == "dirichlet" and detector.alpha.shape == (72, 72) and bool((detector.alpha > 0).all())
     # the Dirichlet sees probabilities floored at 1e-5: unfloored, alpha < 1 rewarded an over-sure classifier without bound
-    assert float(detector._dirichlet_log_p(torch.from_numpy(digits["test"][:8]), 0).min()) >= np.log(1e-5) - 1e-6
+    from offline.detectors.geometric import floored
+
+    assert float(floored(detector.log_probs(torch.from_numpy(digits["test"][:8])), detector.probability_floor).min()) >= np.log(1e-5) - 1e-6
     scores = detector.score(digits["test"])
     assert roc_auc_score(digits["labels"], scores) > 0.8
     save_file(detector.state_tensors(), str(tmp_path / "g.safetensors"))

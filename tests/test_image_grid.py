@@ -212,3 +212,32 @@ def test_full_gan_epochs_are_the_ones_the_convergence_run_chose():
         assert counts == {key: chosen[model][key] for key in counts}, model
         assert image_preset_params(model, "full")["epochs"] == chosen[model]["epochs"]
     assert image_preset_params("fanogan", "full")["encoder_epochs"] == chosen["fanogan"]["encoder_epochs"]
+
+
+def test_geom_scores_floor_stops_an_over_sure_classifier_reading_as_normal():
+    """Synthetic log-probabilities: normal images leave the classifier torn between the true
+    transformation and one look-alike; anomalies get an over-sure answer. Unfloored, the Dirichlet
+    (concentrations < 1 on the other 70) ranks the anomalies as the most normal; floored it does not."""
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks.geom_scores import parse_runs, readme_table, score_variants
+
+    rng = np.random.default_rng(0)
+
+    def log_probs(n, true, lookalike, rest):
+        logits = torch.from_numpy(rng.normal(size=(n, 72, 72))).float() + rest
+        index = torch.arange(72)
+        logits[:, index, index] = true + torch.from_numpy(rng.normal(size=(n, 72))).float()
+        logits[:, index, (index + 36) % 72] = lookalike + torch.from_numpy(rng.normal(size=(n, 72))).float()
+        return torch.log_softmax(logits, dim=2)
+
+    train = log_probs(300, 5.0, 4.6, -13.0)
+    test = torch.cat([log_probs(100, 5.0, 4.6, -13.0), log_probs(100, 10.0, -20.0, -60.0)])
+    labels = np.r_[np.zeros(100), np.ones(100)]
+    auroc = {name: roc_auc_score(labels, s.numpy()) for name, s in score_variants(train, test).items()}
+    assert auroc["dirichlet, unfloored"] < 0.1 and auroc["dirichlet, p floored at 1e-05"] > 0.9, auroc
+    assert parse_runs("fashion-mnist:0, mnist:1") == [("fashion-mnist", 0), ("mnist", 1)]
+    with pytest.raises(Exception, match="dataset:class"):
+        parse_runs("mnist")
+    rows = pd.DataFrame([{"dataset": "fashion-mnist", "target_class": 0, "score": name, "auroc": a} for name, a in auroc.items()])
+    assert "| dirichlet, unfloored |" in readme_table(rows) and "(tuning)" in readme_table(rows)

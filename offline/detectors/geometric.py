@@ -61,6 +61,33 @@ def dirichlet_mle(mean_log_p: torch.Tensor, mean_p: torch.Tensor, mean_p2: torch
     return alpha
 
 
+def floored(log_p: torch.Tensor, floor: float | None) -> torch.Tensor:
+    """log p with p floored at ``floor`` (None: as it is); see the module doc for why the Dirichlet needs it."""
+    return log_p if floor is None else log_p.clamp_min(float(np.log(floor)))
+
+
+def dirichlet_sums(log_p: torch.Tensor) -> torch.Tensor:
+    """(3, 72, 72): the sums over images of log p, p and p^2, from (n, 72, 72) log-probabilities."""
+    log_p = log_p.double().cpu()
+    p = log_p.exp()
+    return torch.stack([log_p.sum(0), p.sum(0), (p * p).sum(0)])
+
+
+def dirichlet_from_sums(sums: torch.Tensor, n: int) -> torch.Tensor:
+    """(72, 72) concentrations, one Dirichlet per transformation, from :func:`dirichlet_sums` over ``n`` images."""
+    mean_log_p, mean_p, mean_p2 = sums / n
+    return dirichlet_mle(mean_log_p, mean_p, mean_p2).float()
+
+
+def transformation_score(log_p: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """Anomaly score of each image from its (n, 72, 72) log-probabilities: the mean cross-entropy of
+    the true transformation, or (with ``alpha``) minus the mean Dirichlet log-density, up to a constant,
+    sum_j (alpha_kj - 1) log p_kj averaged over the transformations k."""
+    if alpha is None:
+        return -torch.diagonal(log_p, dim1=1, dim2=2).mean(1)
+    return -(log_p * (alpha - 1)).sum(2).mean(1)
+
+
 class GeometricTransformDetector(Detector):
     """Images only; score = minus the Dirichlet log-density of the 72 softmax vectors (GEOM's
     score), or the mean cross-entropy of the true transformation (``score_mode="cross-entropy"``).
@@ -140,37 +167,29 @@ class GeometricTransformDetector(Detector):
             self.alpha = self.fit_dirichlet(X)
         return self
 
-    def _log_softmax(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        t = torch.full((len(x),), k, dtype=torch.long, device=x.device)
-        return torch.log_softmax(self.module(self.transforms(x, t)).float(), dim=1)
-
-    def _dirichlet_log_p(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """log p of the softmax on transformation ``k``, floored at ``probability_floor`` (see the module doc)."""
-        log_p = self._log_softmax(x, k)
-        return log_p if self.probability_floor is None else log_p.clamp_min(float(np.log(self.probability_floor)))
+    @torch.inference_mode()
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 72, 72): row k is the classifier's log-softmax on each image under transformation k."""
+        rows = []
+        for k in range(self.transforms.count):
+            t = torch.full((len(x),), k, dtype=torch.long, device=x.device)
+            rows.append(torch.log_softmax(self.module(self.transforms(x, t)).float(), dim=1))
+        return torch.stack(rows, dim=1)
 
     @torch.inference_mode()
     def fit_dirichlet(self, X: np.ndarray, chunk: int = 1024) -> torch.Tensor:
         """Per transformation, the Dirichlet of the classifier's softmax on the normal images ``X``."""
-        count = self.transforms.count
-        sums = torch.zeros(3, count, count, dtype=torch.float64)
+        sums = torch.zeros(3, self.transforms.count, self.transforms.count, dtype=torch.float64)
         for start in range(0, len(X), chunk):
-            x = torch.from_numpy(X[start : start + chunk]).to(self.device)
-            for k in range(count):
-                log_p = self._dirichlet_log_p(x, k).double().cpu()
-                p = log_p.exp()
-                sums[:, k] += torch.stack([log_p.sum(0), p.sum(0), (p * p).sum(0)])
-        mean_log_p, mean_p, mean_p2 = sums / len(X)
-        return dirichlet_mle(mean_log_p, mean_p, mean_p2).float()
+            log_p = floored(self.log_probs(torch.from_numpy(X[start : start + chunk]).to(self.device)), self.probability_floor)
+            sums += dirichlet_sums(log_p)
+        return dirichlet_from_sums(sums, len(X))
 
     def _score_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(len(x), device=x.device)
-        alpha = None if self.score_mode != "dirichlet" else self.alpha.to(x.device)
-        for k in range(self.transforms.count):
-            log_p = self._log_softmax(x, k) if alpha is None else self._dirichlet_log_p(x, k)
-            # cross-entropy of the true transformation k, or minus sum_j (alpha_kj - 1) log p_j
-            total -= log_p[:, k] if alpha is None else log_p @ (alpha[k] - 1)
-        return total / self.transforms.count
+        log_p = self.log_probs(x)
+        if self.score_mode != "dirichlet":
+            return transformation_score(log_p)
+        return transformation_score(floored(log_p, self.probability_floor), self.alpha.to(x.device))
 
     def score(self, X) -> np.ndarray:
         if self.module is None:
