@@ -33,7 +33,7 @@ from offline.data.settings import data_store
 from offline.detectors.geometric import GeometricTransformDetector, dirichlet_from_sums, dirichlet_sums, floored, transformation_score
 from offline.detectors.training import bf16_autocast
 from offline.evaluation.benchmark import write_readme_section
-from offline.training.images import detector_params, fit_detector, one_class_split
+from offline.training.images import OneClassSplit, detector_params, fit_detector, one_class_split
 
 from benchmarks.image_grid import auto_precision
 
@@ -58,11 +58,10 @@ def parse_runs(text: str) -> list[tuple[str, int]]:
     return runs
 
 
-def trained_model(data, target_class: int, seed: int, precision: str, models: Path) -> tuple[GeometricTransformDetector, float]:
-    """The run's geom model from ``models``, or trained (and kept there) with the grid's recipe."""
-    split = one_class_split(data, (target_class,), seed=seed)
+def trained_model(split: OneClassSplit, name: str, seed: int, precision: str, models: Path) -> tuple[GeometricTransformDetector, float]:
+    """The run's geom model from ``models``, or trained on ``split`` (and kept there) with the grid's recipe."""
     params = detector_params("geom", "full", seed, {"progress": True})
-    path = models / f"{data.name}-class{target_class}-seed{seed}-{precision}.safetensors"
+    path = models / f"{name}-seed{seed}-{precision}.safetensors"
     if path.exists():
         return GeometricTransformDetector.from_state(params, load_file(str(path)), n_features=None), float("nan")
     with bf16_autocast("cpu", precision == "bf16"):
@@ -93,7 +92,7 @@ def score_variants(train: torch.Tensor, test: torch.Tensor) -> dict[str, torch.T
 def measure(dataset: str, target_class: int, seed: int, precision: str, models: Path = MODELS) -> list[dict]:
     data = load_images(dataset, data_store())
     split = one_class_split(data, (target_class,), seed=seed)
-    detector, seconds = trained_model(data, target_class, seed, precision, models)
+    detector, seconds = trained_model(split, f"{dataset}-class{target_class}", seed, precision, models)
     train, test = log_probs(detector, split.x_train, precision), log_probs(detector, split.x_test, precision)
     return [{"dataset": dataset, "target_class": target_class, "seed": seed, "score": name,
              "auroc": round(float(roc_auc_score(split.y_test, scores.numpy())), 4),

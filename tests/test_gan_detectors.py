@@ -233,11 +233,16 @@ def test_geom_dirichlet_score_fits_concentrations_and_round_trips(digits, tmp_pa
     detector = make_detector("geom", **detector_params("geom", "quick", 0, {"progress": False}))
     detector.fit(digits["train"])
     assert detector.score_mode == "dirichlet" and detector.alpha.shape == (72, 72) and bool((detector.alpha > 0).all())
-    # the Dirichlet sees probabilities floored at 1e-5: unfloored, alpha < 1 rewarded an over-sure classifier without bound
-    from offline.detectors.geometric import floored
+    # the Dirichlet sees probabilities floored at 1e-5 (unfloored, alpha < 1 rewarded an over-sure classifier
+    # without bound): the score is the floored one, and the floor bites on these digits
+    from offline.detectors.geometric import floored, transformation_score
 
-    assert float(floored(detector.log_probs(torch.from_numpy(digits["test"][:8])), detector.probability_floor).min()) >= np.log(1e-5) - 1e-6
     scores = detector.score(digits["test"])
+    log_p = detector.log_probs(torch.from_numpy(digits["test"][:50]))
+    assert float(log_p.min()) < np.log(detector.probability_floor)
+    by_hand = transformation_score(floored(log_p, detector.probability_floor), detector.alpha).numpy()
+    np.testing.assert_allclose(scores[:50], by_hand, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(scores[:50], transformation_score(log_p, detector.alpha).numpy(), rtol=1e-4, atol=1e-4)
     assert roc_auc_score(digits["labels"], scores) > 0.8
     save_file(detector.state_tensors(), str(tmp_path / "g.safetensors"))
     loaded = type(detector).from_state({**detector.get_params(), "progress": False}, load_file(str(tmp_path / "g.safetensors")), n_features=None)
