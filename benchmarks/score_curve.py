@@ -67,7 +67,8 @@ class EpochScorer:
 
 
 def curve(model: str, dataset: str, target_class: int, *, seed: int, test_images: int, output: Path,
-          train_images: int | None = None) -> None:
+          train_images: int | None = None):
+    """Train ``model``'s full recipe on the class, scoring after every epoch; returns the trained detector."""
     data = load_images(dataset, data_store())
     split = one_class_split(data, (target_class,), seed=seed, train_limit=train_images)
     subset = np.random.default_rng(seed).choice(len(split.x_test), min(test_images, len(split.x_test)), replace=False)
@@ -76,7 +77,7 @@ def curve(model: str, dataset: str, target_class: int, *, seed: int, test_images
                                         meta={"model": model, "dataset": dataset, "target_class": target_class, "seed": seed,
                                               "test_images": len(subset), "train_rows": len(split.x_train),
                                               "code_version": code_version()})
-    detector.fit(split.x_train, X_val=split.x_calibration)
+    return detector.fit(split.x_train, X_val=split.x_calibration)
 
 
 def readme_table(rows: pd.DataFrame) -> str:

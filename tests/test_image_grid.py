@@ -193,6 +193,28 @@ def test_image_convergence_writes_curves_and_chooses_counts(store, tmp_path, mon
     assert again.exit_code == 0 and len(pd.read_csv(out)) == 9
 
 
+def test_score_curve_measures_each_epoch_without_changing_the_model(store, tmp_path, monkeypatch):
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks.score_curve import curve, readme_table
+    from offline.data.images import load_images
+    from offline.detectors import make_detector
+    from offline.training.images import detector_params, one_class_split
+
+    monkeypatch.setenv("STREAMDETECT_DATA__MIRROR_DIR", str(store.mirror_dir))
+    out = tmp_path / "curve.csv"
+    detector = curve("dcgan", "mnist", 0, seed=0, test_images=300, output=out, train_images=64)
+    rows = pd.read_csv(out)
+    assert rows["epoch"].tolist() == list(range(1, CONVERGED_EPOCHS["dcgan"]["epochs"] + 1))
+    scorer = detector.on_epoch_end
+    assert rows["auroc"].iloc[-1] == pytest.approx(roc_auc_score(scorer.y_test, detector.score(scorer.x_test)), abs=1e-4)
+    # scoring between epochs leaves training as it was: the same model as the grid's, trained without the callback
+    split = one_class_split(load_images("mnist", store), (0,), seed=0, train_limit=64)
+    plain = make_detector("dcgan", **detector_params("dcgan", "full", 0, {"progress": False})).fit(split.x_train, X_val=split.x_calibration)
+    np.testing.assert_allclose(plain.score(scorer.x_test), detector.score(scorer.x_test), rtol=1e-5, atol=1e-5)
+    assert "| dcgan | mnist | 0 | 64 | 300 |" in readme_table(rows)
+
+
 def test_conv_nets_run_channels_last_and_round_trip(store):
     from offline.data.images import load_images
     from offline.detectors import detector_class, make_detector
