@@ -27,6 +27,7 @@ REGISTRY: dict[str, str] = {
     "cgan": "offline.detectors.gan.conditional:ConditionalGANDetector",
     "cvae": "offline.detectors.gan.conditional:ConditionalVAEDetector",
     "geom": "offline.detectors.geometric:GeometricTransformDetector",
+    "fusion": "offline.detectors.fusion:FusionDetector",
 }
 
 

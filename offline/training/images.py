@@ -35,7 +35,8 @@ CALIBRATION_FRACTION = 0.1
 #: models whose ``full`` preset stops early on the held-out normal images' loss (patience, at most FULL_EPOCHS)
 EARLY_STOPPED = ("ae", "vae")
 #: models that get the held-out normal images as ``X_val`` (early stop or a recorded validation loss)
-HELD_OUT_LOSS = (*EARLY_STOPPED, "geom")
+#: fusion needs the held-out images too: its members' p-values are calibrated on them
+HELD_OUT_LOSS = (*EARLY_STOPPED, "geom", "fusion")
 FALSE_ALARM_RATE = 0.05
 
 _QUICK: dict[str, dict] = {
@@ -76,6 +77,10 @@ QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES = 512, 1000
 
 
 def image_preset_params(model: str, preset: str) -> dict:
+    if model == "fusion":  # each member trains its own recipe of the preset
+        from offline.detectors.fusion import DEFAULT_MEMBERS
+
+        return {"members": list(DEFAULT_MEMBERS), "member_params": {m: image_preset_params(m, preset) for m in DEFAULT_MEMBERS}}
     if preset == "quick":
         return dict(_QUICK.get(model, {"epochs": 2}))
     if preset == "full":
