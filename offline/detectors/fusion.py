@@ -15,6 +15,12 @@ reports the fusion apart from the seed's models, beside geom.
 A row beyond every held-out score gets the smallest p-value, ``1 / (n_cal + 1)``, under that
 member: with ~600 held-out images, such rows tie on that member and are ordered by the others.
 ``history`` holds the members' training rows, each tagged with its ``member``.
+
+The images suite sets its label-free threshold (5% false alarms) on the fused scores of the same
+held-out images the p-values were calibrated on. A held-out image's p-value then counts itself,
+which is the conformal p-value it would get as a new normal image, so the false-alarm rate holds
+in expectation; the VAE also stops early on those images, which makes them a little more normal
+to it than unseen ones.
 """
 
 from __future__ import annotations
