@@ -7,7 +7,8 @@ seeds 1-2), ``full`` preset, rows already in ``benchmarks/results/images.csv`` s
 on its shard of the pending runs, with its own copy of the results file under
 ``runs/image-grid/worker-<i>/`` (so no two processes append to one file); when they end, their
 new rows are merged into ``benchmarks/results/images.csv`` and the tables regenerated. A stopped
-grid loses only the runs in flight: start it again and it resumes.
+grid loses only the runs in flight: start it again and it first merges what its workers had
+finished (even if the grid was killed before its own merge), then resumes.
 
 - Here (2 CPU cores): ``--workers 2 --threads 1`` in the background; ``--precision auto`` trains in
   bf16 on this CPU (see :func:`auto_precision`), each row says which in ``compute_precision``.
@@ -78,6 +79,11 @@ def merge_worker(directory: Path, results: Path = RESULTS, figures: Path = Path(
     return added
 
 
+def take_in_stopped_workers(results: Path = RESULTS, workdir: Path = WORKDIR) -> int:
+    """Merge the rows of workers a killed grid left behind, before their files are reset for a new start."""
+    return sum(merge_worker(directory, results) for directory in sorted(workdir.glob("worker-*")) if directory.is_dir())
+
+
 def _tables(results: Path) -> None:
     if results == RESULTS:  # the README's tables describe the committed results only
         regenerate_readme("images", results)
@@ -103,6 +109,8 @@ def main(workers, device, threads, deadline_s, precision, niceness, results, dry
         _tables(results)
         click.echo(f"{added} new rows from {merge_from} merged into {results}")
         return
+    if not dry_run and (kept := take_in_stopped_workers(results)):
+        click.echo(f"{kept} rows of an earlier, stopped grid merged into {results}")
     pending = pending_runs(results)
     click.echo(f"{len(pending)} of {len(grid_queue())} runs of the grid are pending")
     if dry_run:

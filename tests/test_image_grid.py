@@ -126,6 +126,22 @@ def test_a_results_file_older_than_a_column_is_rewritten_with_it(tmp_path):
     assert list(pd.read_csv(path)["model"]) == ["ae", "vae", "dcgan"]
 
 
+def test_a_killed_grid_keeps_its_workers_finished_rows_at_the_next_start(tmp_path):
+    from benchmarks.image_grid import take_in_stopped_workers
+    from offline.evaluation.benchmark import ResultsFile
+    from offline.evaluation.suites.images import EXTRA_COLUMNS
+
+    results, workdir = tmp_path / "images.csv", tmp_path / "image-grid"
+    ResultsFile(results, EXTRA_COLUMNS).append({"dataset": "mnist", "model": "ae", "seed": 0, "auroc": 0.9, "preset": "full"})
+    for index, model in enumerate(["dcgan", "egbad"]):  # each worker finished one run before the kill
+        (workdir / f"worker-{index}").mkdir(parents=True)
+        ResultsFile(workdir / f"worker-{index}" / "images.csv", EXTRA_COLUMNS).append(
+            {"dataset": "mnist", "model": model, "seed": 0, "auroc": 0.6, "preset": "full"})
+    assert take_in_stopped_workers(results, workdir) == 2
+    assert list(pd.read_csv(results)["model"]) == ["ae", "dcgan", "egbad"]
+    assert take_in_stopped_workers(results, workdir) == 0  # taken once
+
+
 def test_grid_trains_in_bf16_only_where_the_cpu_has_it(tmp_path):
     from benchmarks.image_grid import auto_precision, worker_command
 
