@@ -64,7 +64,8 @@ def test_quick_preset_separates_an_easy_pair_and_round_trips(model, digits, tmp_
 
 
 def test_fusion_is_fishers_combination_of_its_members_calibrated_p_values(digits):
-    from offline.detectors.fusion import conformal_p_values, fisher_statistic
+    from offline.detectors.fusion import fisher_statistic
+    from offline.detectors.labelled import surprise
 
     train, held_out = digits["train"][:360], digits["train"][360:]
     fusion = make_detector("fusion", **detector_params("fusion", "quick", 0, {"progress": False})).fit(train, X_val=held_out)
@@ -72,11 +73,11 @@ def test_fusion_is_fishers_combination_of_its_members_calibrated_p_values(digits
     # each member is the model it would be on its own (same recipe, same seed)
     alone = make_detector("vae", **detector_params("vae", "quick", 0, {"progress": False})).fit(train, X_val=held_out)
     np.testing.assert_allclose(fusion.detectors["vae"].score(digits["test"]), alone.score(digits["test"]), rtol=1e-5)
-    by_hand = fisher_statistic([conformal_p_values(fusion.detectors[m].score(digits["test"]), fusion.detectors[m].score(held_out))
+    by_hand = fisher_statistic([surprise(fusion.detectors[m].score(digits["test"]), np.sort(fusion.detectors[m].score(held_out)))
                                 for m in ("geom", "vae")])
     np.testing.assert_allclose(fusion.score(digits["test"]), by_hand, rtol=1e-6)
     # a row beyond every held-out score gets p = 1/(n+1) under that member, never 0
-    assert min(p.min() for p in fusion.p_values(digits["test"]).values()) == pytest.approx(1 / (len(held_out) + 1))
+    assert max(u.max() for u in fusion.surprises(digits["test"]).values()) == pytest.approx(np.log(len(held_out) + 1))
     # without X_val a tenth of the training rows is held out for calibration
     assert len(make_detector("fusion", member_params={"vae": {"epochs": 1}, "geom": {"max_steps": 2}}, progress=False)
                .fit(train).calibration["vae"]) == 36
@@ -87,7 +88,8 @@ def test_fusion_is_fishers_combination_of_its_members_calibrated_p_values(digits
 
 
 def test_fisher_fusion_catches_what_either_member_alone_misses():
-    from offline.detectors.fusion import conformal_p_values, fisher_statistic
+    from offline.detectors.fusion import fisher_statistic
+    from offline.detectors.labelled import surprise
 
     # two members, each blind to one kind of anomaly: member a sees kind A only, member b kind B only
     rng = np.random.default_rng(0)
@@ -97,9 +99,9 @@ def test_fisher_fusion_catches_what_either_member_alone_misses():
     scores_a = rng.normal(size=3 * n) + 3 * (kind == 1)
     scores_b = rng.normal(size=3 * n) + 3 * (kind == 2)
     labels = (kind > 0).astype(int)
-    p_a, p_b = conformal_p_values(scores_a, calibration[0]), conformal_p_values(scores_b, calibration[1])
-    alone = max(roc_auc_score(labels, -p_a), roc_auc_score(labels, -p_b))
-    assert roc_auc_score(labels, fisher_statistic([p_a, p_b])) > alone + 0.1
+    u_a, u_b = surprise(scores_a, np.sort(calibration[0])), surprise(scores_b, np.sort(calibration[1]))
+    alone = max(roc_auc_score(labels, u_a), roc_auc_score(labels, u_b))
+    assert roc_auc_score(labels, fisher_statistic([u_a, u_b])) > alone + 0.1
 
 
 def test_twodisc_imbalanced_uses_the_labelled_anomalies(digits):

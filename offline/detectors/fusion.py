@@ -30,26 +30,17 @@ import numpy as np
 import torch
 
 from offline.detectors.base import Detector, as_float32
+from offline.detectors.labelled import surprise
 
 CALIBRATION_KEY = "meta.calibration"
 DEFAULT_MEMBERS = ("geom", "vae")
 HELD_OUT_FRACTION = 0.1
 
 
-def conformal_p_values(scores: np.ndarray, calibration: np.ndarray) -> np.ndarray:
-    """``(1 + #{calibration >= s}) / (n + 1)`` per score: small = unusual for the held-out normal rows.
-
-    >>> conformal_p_values(np.array([0.0, 2.5, 9.0]), np.array([1.0, 2.0, 3.0])).round(2).tolist()
-    [1.0, 0.5, 0.25]
-    """
-    ordered = np.sort(np.asarray(calibration, dtype=np.float64))
-    at_or_above = len(ordered) - np.searchsorted(ordered, np.asarray(scores, dtype=np.float64), side="left")
-    return (1.0 + at_or_above) / (len(ordered) + 1.0)
-
-
-def fisher_statistic(p_values: list[np.ndarray]) -> np.ndarray:
-    """Fisher's combination ``sum -log p``: higher = more anomalous."""
-    return -np.sum([np.log(p) for p in p_values], axis=0)
+def fisher_statistic(surprises: list[np.ndarray]) -> np.ndarray:
+    """Fisher's combination ``sum -log p`` of the members' :func:`~offline.detectors.labelled.surprise`
+    (``-log`` of each conformal p-value): higher = more anomalous."""
+    return np.sum(surprises, axis=0)
 
 
 class FusionDetector(Detector):
@@ -96,15 +87,15 @@ class FusionDetector(Detector):
             self.history += [{**row, "member": member} for row in getattr(detector, "history", [])]
         return self
 
-    def p_values(self, X) -> dict[str, np.ndarray]:
-        """Each member's conformal p-value of every row."""
+    def surprises(self, X) -> dict[str, np.ndarray]:
+        """Each member's ``-log`` conformal p-value of every row."""
         if not self.detectors:
             raise RuntimeError("fusion: call fit() before score()")
         X = as_float32(X)
-        return {m: conformal_p_values(self.detectors[m].score(X), self.calibration[m]) for m in self.members}
+        return {m: surprise(self.detectors[m].score(X), self.calibration[m]) for m in self.members}
 
     def score(self, X) -> np.ndarray:
-        return fisher_statistic(list(self.p_values(X).values()))
+        return fisher_statistic(list(self.surprises(X).values()))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {}
