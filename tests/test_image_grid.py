@@ -63,9 +63,9 @@ def test_queue_runs_the_first_pending_run_then_stops_at_its_deadline(store, tmp_
     from offline.evaluation.benchmark import ResultsFile, SuiteContext, merge_new_rows
     from offline.evaluation.suites import images as suite
 
-    def ctx(path, **options):
+    def ctx(path, models=None, **options):
         return SuiteContext(suite="images", results=ResultsFile(path, suite.EXTRA_COLUMNS), store=store, preset="quick",
-                            seeds=[0], models=None, figures_dir=tmp_path / "fig", options={"queue": True, **options})
+                            seeds=[0], models=models, figures_dir=tmp_path / "fig", options={"queue": True, **options})
 
     first = tmp_path / "first.csv"
     suite.run(ctx(first, deadline_s=0.01))  # the first run starts, the deadline has passed before the second
@@ -81,6 +81,11 @@ def test_queue_runs_the_first_pending_run_then_stops_at_its_deadline(store, tmp_
     assert merge_new_rows(second, first, suite.EXTRA_COLUMNS, preset="quick") == 2
     assert merge_new_rows(second, first, suite.EXTRA_COLUMNS, preset="quick") == 0
     assert len(pd.read_csv(first)) == 4
+    # --models narrows the queue: a process of its own for one model starts at that model's first run
+    narrowed = tmp_path / "narrowed.csv"
+    suite.run(ctx(narrowed, models=["vae"], deadline_s=0.01))
+    rows = pd.read_csv(narrowed, dtype={"target_class": str})
+    assert set(zip(rows["model"], rows["dataset"], rows["target_class"])) == {("vae", "mnist", "0")}
 
 
 def test_a_failing_queued_run_is_logged_left_pending_and_the_queue_goes_on(store, tmp_path):

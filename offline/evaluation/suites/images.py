@@ -30,8 +30,8 @@ imbalanced rows with its one-class ones, Fashion-MNIST first, then leave-one-out
 queue resumes. ``shard="i/n"`` takes every n-th pending run from the i-th (parallel processes,
 each with its own results file: ``python -m benchmarks.image_grid``); ``deadline_s`` starts no
 run after that many seconds; a queued run that fails is logged and left pending, and the queue
-goes on (the process still ends with an error naming it). ``datasets``/``classes``/``protocols``/``--models``/``--seeds`` do
-not apply to the queue.
+goes on (the process still ends with an error naming it). ``--models`` keeps only those models' runs of the
+queue, in queue order; ``datasets``/``classes``/``protocols``/``--seeds`` do not apply to the queue.
 
 Each run's core is :func:`run_one`, a plain function.
 
@@ -261,7 +261,10 @@ def run(ctx) -> None:
     fraction = float(options.get("anomaly_fraction", DEFAULT_ANOMALY_FRACTION))
     label = "reduced" if is_reduced(ctx.preset, epochs, train_limit, test_limit) else ctx.preset
     queue = bool(options.get("queue", False))
-    jobs = grid_queue() if queue else _jobs(ctx.models, datasets, protocols, classes, ctx.seeds)
+    if queue:  # --models narrows the queue (one process per model family, each at its own pace)
+        jobs = [job for job in grid_queue() if ctx.models is None or job[2] in ctx.models]
+    else:
+        jobs = _jobs(ctx.models, datasets, protocols, classes, ctx.seeds)
     jobs = shard_of([job for job in jobs if not run_done(ctx.results, job, label)], options.get("shard"))
     deadline = options.get("deadline_s")
     device = str(options.get("device", "cpu"))
