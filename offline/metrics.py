@@ -7,6 +7,19 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, precision_recall_fscore_support, roc_auc_score
 
 
+def conformal_p_values(scores: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:
+    """Conformal p-value of each score against sorted scores of held-out normal rows:
+    ``(1 + #{calibration >= score}) / (n + 1)``. The one copy of the formula: the worker's thresholds,
+    the labelled stage and the fusion detector all call it.
+
+    >>> conformal_p_values(np.array([0.5, 50.0, 1000.0]), np.arange(1.0, 100.0)).round(3).tolist()
+    [1.0, 0.51, 0.01]
+    """
+    n = len(calibration_sorted)
+    at_least = n - np.searchsorted(calibration_sorted, np.asarray(scores, dtype=np.float64), side="left")
+    return (1.0 + at_least) / (n + 1.0)
+
+
 def threshold_at_false_alarm_rate(normal_scores: np.ndarray, rate: float) -> float:
     """Score above which a fraction ``rate`` of held-out normal rows falls (label-free)."""
     return float(np.quantile(np.asarray(normal_scores, dtype=np.float64), 1.0 - rate, method="higher"))

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from offline.metrics import conformal_p_values
+
 if TYPE_CHECKING:  # the state module imports this one
     from streamdetect.state import PartitionState
 
@@ -54,11 +56,8 @@ def rows_by_key(keys: Sequence[str]) -> dict[str, np.ndarray | list[int]]:
     return rows_of
 
 
-def p_values(scores: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:
-    """Conformal p-values of ``scores`` against sorted calibration scores (vectorised)."""
-    n = len(calibration_sorted)
-    at_least = n - np.searchsorted(calibration_sorted, scores, side="left")
-    return (1.0 + at_least) / (n + 1.0)
+#: conformal p-values of scores against sorted calibration scores (vectorised); one formula, in offline.metrics
+p_values = conformal_p_values
 
 
 def score_threshold(calibration_sorted: np.ndarray, rate: float) -> float:

@@ -32,13 +32,12 @@ import torch
 
 from offline.detectors import detector_class, make_detector
 from offline.detectors.base import Detector, as_float32
+from offline.metrics import conformal_p_values
 
 
 def surprise(base_scores: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:
     """``-log`` of the conformal p-value of each score against sorted calibration scores."""
-    n = len(calibration_sorted)
-    above = n - np.searchsorted(calibration_sorted, np.asarray(base_scores, dtype=np.float64), side="left")
-    return -np.log((above + 1.0) / (n + 1.0))
+    return -np.log(conformal_p_values(base_scores, calibration_sorted))
 
 
 class LabelledStageDetector(Detector):
