@@ -1,8 +1,8 @@
 """The image grid of issue 16 as a resumable queue in parallel processes: ``python -m benchmarks.image_grid``.
 
 The queue is the images suite's (:func:`offline.evaluation.suites.images.grid_queue`: seed 0 of
-every model, one complete table row at a time, then imbalanced twodisc, leave-one-out, then
-seeds 1-2), ``full`` preset, rows already in ``benchmarks/results/images.csv`` skipped. Each of
+every model, one complete table row at a time, imbalanced twodisc with its one-class rows, then
+seeds 1-2, then leave-one-out), ``full`` preset, rows already in ``benchmarks/results/images.csv`` skipped. Each of
 ``--workers`` processes runs ``python -m offline.benchmark --suite images --option queue=true``
 on its shard of the pending runs, with its own copy of the results file under
 ``runs/image-grid/worker-<i>/`` (so no two processes append to one file); when they end, their

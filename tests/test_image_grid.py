@@ -41,7 +41,7 @@ def test_grid_queue_order_shards_and_bad_shard():
     queue = grid_queue()
     assert len(queue) == len(set(queue)) == 420
     assert queue[0] == ("mnist", "one-class", "ae", 0, 0)
-    # one model's row on both datasets before the next model; seeds 1-2 come last
+    # one model's row on both datasets before the next model
     assert queue[19] == ("fashion-mnist", "one-class", "ae", 9, 0) and queue[20][2] == "vae"
     # the two-discriminator GAN straight after them, seed 003's setting (Fashion-MNIST) first
     assert queue[40] == ("fashion-mnist", "one-class", "twodisc", 0, 0) and queue[50] == ("fashion-mnist", "imbalanced", "twodisc", 0, 0)
@@ -50,7 +50,10 @@ def test_grid_queue_order_shards_and_bad_shard():
     assert queue[80] == ("mnist", "one-class", "geom", 0, 0) and queue[100] == ("mnist", "one-class", "fusion", 0, 0)
     assert queue[120][1:3] == ("one-class", "dcgan")
     assert queue[219][2] == queue[200][2] == "anogan" and queue[199][2] == "fanogan"
-    assert {job[4] for job in queue[:300]} == {0} and queue[-1][4] == 2
+    # then seeds 1-2 of ae, vae and twodisc, and leave-one-out (~8x the training images per run) last
+    assert {job[4] for job in queue[:220]} == {0} and queue[220] == ("mnist", "one-class", "ae", 0, 1)
+    assert queue[339][4] == 2 and all(job[1] == "leave-one-out" for job in queue[340:])
+    assert queue[340] == ("mnist", "leave-one-out", "ae", 0, 0) and queue[-1] == ("fashion-mnist", "leave-one-out", "egbad", 9, 0)
     shards = [shard_of(queue, f"{i}/3") for i in range(3)]
     assert sorted(job for shard in shards for job in shard) == sorted(queue)
     with pytest.raises(ValueError, match="i/n"):
