@@ -6,7 +6,6 @@
 # and back here:
 #   python -m benchmarks.image_grid --merge <files_at>/images.csv
 #   tar -xzf <files_at>/figures.tgz -C benchmarks/figures     # twodisc's reconstruction grids and confusion matrices
-#   python -m offline.generative.gan_vs_vae --merge <files_at>/gan_vs_vae.csv   # GAN vs VAE seeds 1-2, table redrawn
 #
 # The tree travels without .git: COMMIT (typed into the command) stamps its rows code_version
 # "0.1.0+<COMMIT>+gpu" through the code_version setting, and marks their seconds as GPU seconds.
@@ -21,7 +20,7 @@
 # The datasets travel as the verified cache under data/ (`python -m offline.data fetch mnist fashion-mnist`
 # fills it here), about 41 MB.
 #
-# Workers: WORKERS processes (default 13, and GAN vs VAE on 2 threads) on the one GPU, one CPU thread each: the image nets are small
+# Workers: WORKERS processes (default 15, a core left to the machine) on the one GPU, one CPU thread each: the image nets are small
 # and their steps launch-bound, so one process leaves the GPU mostly idle. No run starts after
 # DEADLINE_S (default 400 s); at STOP_S (default 555 s) the grid is interrupted like Ctrl-C: the runs in
 # flight are lost, every finished row is merged and comes back, inside the call's 600 s.
@@ -40,14 +39,10 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || tr
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 python3 -m benchmarks.image_grid --dry-run | head -n 1
 touch /tmp/grid-started
-# beside the grid: GAN vs VAE seeds 1-2 (issue 16 item 5; seed 0 is here already), its rows in its own file
-timeout -s INT "${STOP_S:-555}" python3 -m offline.generative.gan_vs_vae --dataset mnist --dataset fashion-mnist --seeds 1,2 \
-  --epochs 10 --device cuda --threads 2 --results "$out/gan_vs_vae.csv" --no-readme > "$out/gan_vs_vae.log" 2>&1 &
-gan_vs_vae=$!
-timeout -s INT "${STOP_S:-555}" python3 -m benchmarks.image_grid --workers "${WORKERS:-13}" --device cuda --threads 1 \
+# GAN vs VAE no longer runs here: its three seeds of both datasets ran on CPU (benchmarks/results/gan_vs_vae.csv)
+timeout -s INT "${STOP_S:-555}" python3 -m benchmarks.image_grid --workers "${WORKERS:-15}" --device cuda --threads 1 \
   --deadline-s "${DEADLINE_S:-400}" 2>&1 | tee "$out/grid.log"
 status=${PIPESTATUS[0]}
-wait "$gan_vs_vae"; echo "gan_vs_vae exit $?"; tail -n 5 "$out/gan_vs_vae.log"
 cp benchmarks/results/images.csv "$out/images.csv"
 new_figures=$(cd benchmarks/figures && find . -maxdepth 1 -name 'images-twodisc-*.png' -newer /tmp/grid-started)
 [ -n "$new_figures" ] && tar -czf "$out/figures.tgz" -C benchmarks/figures $new_figures
