@@ -39,7 +39,6 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || tr
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 python3 -m benchmarks.image_grid --dry-run | head -n 1
 touch /tmp/grid-started
-# GAN vs VAE no longer runs here: its three seeds of both datasets ran on CPU (benchmarks/results/gan_vs_vae.csv)
 timeout -s INT "${STOP_S:-555}" python3 -m benchmarks.image_grid --workers "${WORKERS:-15}" --device cuda --threads 1 \
   --deadline-s "${DEADLINE_S:-400}" 2>&1 | tee "$out/grid.log"
 status=${PIPESTATUS[0]}
