@@ -11,7 +11,7 @@ grid loses only the runs in flight: start it again and it first merges what its 
 finished (even if the grid was killed before its own merge), then resumes.
 
 - Here (2 CPU cores): ``--workers 2 --threads 1`` in the background; ``--precision auto`` trains in
-  bf16 on this CPU (see :func:`auto_precision`), each row says which in ``compute_precision``.
+  bf16 on a CPU with native bf16, float32 elsewhere (see :func:`auto_precision`), each row says which in ``compute_precision``.
 - On a lent GPU machine (16 cores, one GPU, one call of at most 10 minutes):
   ``benchmarks/device_images.sh`` runs ``--workers 15 --device cuda --deadline-s 400`` and hands
   the merged file back; ``--merge PATH`` then takes its new rows into this checkout.
